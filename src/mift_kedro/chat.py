@@ -1,0 +1,79 @@
+"""The one place where a model's chat template turns conversations into text and tokens.
+
+Training and generation both call :func:`render_example` / :func:`render_prompt`, so a
+model sees exactly the same prompt in both. The format comes from the tokenizer's own
+chat template (ChatML for SmolLM2, ``[INST]`` for Llama-2-chat): nothing here knows a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Message = dict[str, str]
+
+
+def user_message(instruction: str, input_text: str = "") -> list[Message]:
+    """The user turn of an instruction record (Alpaca's fields, or a templated tweet)."""
+    content = instruction.strip()
+    if input_text and input_text.strip():
+        content = f"{content}\n\n{input_text.strip()}"
+    return [{"role": "user", "content": content}]
+
+
+def assistant_message(output: str) -> list[Message]:
+    return [{"role": "assistant", "content": output}]
+
+
+def _require_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"Tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template: "
+            "use a chat (instruct) model, or set `tokenizer.chat_template` to a Jinja template."
+        )
+
+
+def render_prompt(tokenizer: Any, prompt: Sequence[Message]) -> str:
+    """Prompt text up to and including the assistant header, ready for generation."""
+    _require_template(tokenizer)
+    return tokenizer.apply_chat_template(
+        list(prompt), tokenize=False, add_generation_prompt=True
+    )
+
+
+def render_example(
+    tokenizer: Any, prompt: Sequence[Message], completion: Sequence[Message]
+) -> tuple[str, str]:
+    """Split a rendered conversation into (prompt text, completion text).
+
+    The prompt text is exactly :func:`render_prompt`'s, and the completion text is what the
+    template appends for the assistant turn (answer plus end-of-turn marker), so the loss
+    can be put on the completion alone.
+    """
+    prompt_text = render_prompt(tokenizer, prompt)
+    full_text = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError(
+            "The chat template renders the prompt differently with and without the answer, "
+            "so the completion cannot be isolated; use a template whose generation prompt "
+            "is a prefix of the full conversation."
+        )
+    return prompt_text, full_text[len(prompt_text) :]
+
+
+def tokenize_prompt(tokenizer: Any, prompt_text: str) -> list[int]:
+    """Token ids of rendered text; the template already holds any BOS, so add none."""
+    return tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_example(
+    tokenizer: Any, prompt: Sequence[Message], completion: Sequence[Message]
+) -> dict[str, list[int]]:
+    """``input_ids`` of prompt+completion and a ``completion_mask`` (1 where loss applies)."""
+    prompt_text, completion_text = render_example(tokenizer, prompt, completion)
+    prompt_ids = tokenize_prompt(tokenizer, prompt_text)
+    completion_ids = tokenize_prompt(tokenizer, completion_text)
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+    }

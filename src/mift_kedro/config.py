@@ -1,0 +1,179 @@
+"""Parameter schemas and the variants of the active configuration environment.
+
+Variants are data: ``parameters.yml`` declares them under ``variants`` and the pipeline
+registry instantiates one namespaced modular pipeline per entry. Every parameter block is
+validated here, before any node runs, with errors that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+#: Instruction sources a variant can mix.
+SOURCES = ("sentiment", "alpaca")
+#: Evaluation sets of the study: (A) sentiment, (B) out-of-sample instructions, (C) Alpaca.
+EVAL_SETS = ("sentiment", "out_of_sample", "alpaca")
+
+_active_loader: Any = None
+_active_env: str | None = None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VariantSpec(_Strict):
+    """One training variant: what it mixes and how many examples it trains on."""
+
+    display_name: str
+    budget: PositiveInt = Field(description="total number of training examples")
+    mix: dict[str, float] = Field(description="source -> fraction of the budget; sums to 1")
+    training: dict[str, Any] = Field(default_factory=dict, description="overrides of `training`")
+
+    @field_validator("mix")
+    @classmethod
+    def _check_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        if not mix:
+            raise ValueError(f"mix is empty: give fractions for some of {list(SOURCES)}")
+        for source, fraction in mix.items():
+            if source not in SOURCES:
+                raise ValueError(f"unknown source {source!r}: use one of {list(SOURCES)}")
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(
+                    f"mix fraction for {source!r} is {fraction}: it must lie in [0, 1]"
+                )
+        if abs(sum(mix.values()) - 1.0) > 1e-6:
+            raise ValueError(f"mix fractions sum to {sum(mix.values()):g}: they must sum to 1")
+        return mix
+
+
+class SentimentTemplate(_Strict):
+    """How a tweet becomes the custom instruction."""
+
+    instruction: str = Field(min_length=1)
+    labels: dict[int, str]
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[int, str]) -> dict[int, str]:
+        if set(labels) != {0, 1} or len(set(labels.values())) != 2:
+            raise ValueError("labels must map 0 and 1 to two different answers")
+        return labels
+
+
+class Templates(_Strict):
+    sentiment: SentimentTemplate
+
+
+class EvalSetSpec(_Strict):
+    size: PositiveInt | None = Field(default=None, description="None keeps the whole set")
+
+
+class DataEngineeringParams(_Strict):
+    """The blocks the data_engineering pipeline reads."""
+
+    seed: int
+    variants: dict[str, VariantSpec]
+    templates: Templates
+    eval_sets: dict[str, EvalSetSpec]
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, variants: dict[str, VariantSpec]) -> dict[str, VariantSpec]:
+        if not variants:
+            raise ValueError("no variants declared: add at least one under `variants`")
+        for name in variants:
+            if not name.isidentifier():
+                raise ValueError(f"variant name {name!r} must be a Python identifier (a namespace)")
+        return variants
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _check_eval_sets(cls, eval_sets: dict[str, EvalSetSpec]) -> dict[str, EvalSetSpec]:
+        unknown = set(eval_sets) - set(EVAL_SETS)
+        if unknown:
+            raise ValueError(f"unknown eval sets {sorted(unknown)}: use {list(EVAL_SETS)}")
+        return eval_sets
+
+
+#: Parameter models by the name of the block they validate; later pipelines add theirs.
+PARAMETER_MODELS: dict[str, type[BaseModel]] = {}
+
+
+class ParameterError(ValueError):
+    """A parameter is missing or wrong; the message names the key and the fix."""
+
+
+def _format(error: ValidationError, where: str) -> str:
+    lines = [f"Invalid parameters in {where} (conf/<env>/parameters*.yml):"]
+    for err in error.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  - {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
+    """Validate all parameter blocks; raise :class:`ParameterError` naming every problem."""
+    de_keys = DataEngineeringParams.model_fields
+    try:
+        validated = DataEngineeringParams.model_validate({k: params.get(k) for k in de_keys})
+    except ValidationError as exc:
+        raise ParameterError(_format(exc, "data engineering parameters")) from None
+    for block, model in PARAMETER_MODELS.items():
+        try:
+            model.model_validate(params.get(block))
+        except ValidationError as exc:
+            raise ParameterError(_format(exc, f"`{block}`")) from None
+    return validated
+
+
+def variant_spec(spec: dict[str, Any]) -> VariantSpec:
+    """Parse one variant's parameters (nodes call this; errors name the problem)."""
+    try:
+        return VariantSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise ParameterError(_format(exc, "a variant")) from None
+
+
+# --- the active configuration environment -------------------------------------------------
+
+
+def set_active_config_loader(loader: Any) -> None:
+    """Called by a hook when a Kedro context is created; re-registers pipelines on env change."""
+    global _active_loader, _active_env
+    env = getattr(loader, "env", None)
+    changed = _active_loader is not None and env != _active_env
+    _active_loader, _active_env = loader, env
+    if changed:
+        from kedro.framework.project import pipelines
+
+        pipelines.configure(pipelines._pipelines_module)
+
+
+def _fallback_loader() -> Any:
+    """The config loader Kedro would build, for commands that build no context."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import settings
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / settings.CONF_SOURCE).is_dir():
+        root = Path.cwd()
+    return OmegaConfigLoader(
+        conf_source=str(root / settings.CONF_SOURCE),
+        env=os.getenv("KEDRO_ENV"),
+        **settings.CONFIG_LOADER_ARGS,
+    )
+
+
+def variant_names() -> list[str]:
+    """Names of the variants declared in the active environment's parameters."""
+    loader = _active_loader if _active_loader is not None else _fallback_loader()
+    variants = loader["parameters"].get("variants") or {}
+    for name in variants:
+        if not str(name).isidentifier():
+            raise ParameterError(f"variant name {name!r} must be a Python identifier")
+    return list(variants)

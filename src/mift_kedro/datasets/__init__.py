@@ -1,0 +1,6 @@
+"""Custom Kedro datasets of mift-kedro."""
+
+from mift_kedro.datasets.jsonl import read_jsonl
+from mift_kedro.datasets.raw import HubOrLocalDataset
+
+__all__ = ["HubOrLocalDataset", "read_jsonl"]

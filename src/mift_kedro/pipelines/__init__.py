@@ -1,0 +1,1 @@
+"""The three pipelines of the study, connected only through the data catalog."""
