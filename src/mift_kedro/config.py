@@ -159,9 +159,9 @@ def _fallback_loader() -> Any:
     from kedro.config import OmegaConfigLoader
     from kedro.framework.project import settings
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path.cwd()  # Kedro commands run from the project root
     if not (root / settings.CONF_SOURCE).is_dir():
-        root = Path.cwd()
+        root = Path(__file__).resolve().parents[2]
     return OmegaConfigLoader(
         conf_source=str(root / settings.CONF_SOURCE),
         env=os.getenv("KEDRO_ENV"),

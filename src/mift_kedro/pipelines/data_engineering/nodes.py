@@ -212,6 +212,7 @@ def build_alpaca_eval(test_pool: pd.DataFrame, spec: dict[str, Any] | None, seed
 def build_out_of_sample_eval(instructions: pd.DataFrame) -> pd.DataFrame:
     """(B) The project's own instructions of other task types, each with a reference answer."""
     _require_columns(instructions, OUT_OF_SAMPLE_COLUMNS, "out_of_sample_instructions")
+    _check_eval_size(instructions, None, "out_of_sample")
     frame = instructions.copy()
     frame["input"] = frame["input"].fillna("")
     for column in ("instruction", "output"):

