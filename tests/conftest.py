@@ -66,18 +66,23 @@ def llama2_style_tokenizer(embedded_tokenizer):
     return embedded_tokenizer
 
 
-@pytest.fixture
-def kedro_project(tmp_path, monkeypatch, shared_data) -> Path:
-    """A copy of the project's configuration and committed raw data in a temporary directory,
-    so pipeline runs write their versioned outputs there and not into the checkout."""
-    project = tmp_path / "project"
-    project.mkdir()
+def copy_project(project: Path) -> Path:
+    """Copy the project's configuration and committed raw data to ``project``, so that
+    pipeline runs write their versioned outputs there and not into the checkout."""
+    project.mkdir(parents=True)
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT_ROOT / name, project / name)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
     (project / "src").mkdir()  # the package itself is installed; Kedro wants the folder
     shutil.copytree(PROJECT_ROOT / "data" / "01_raw", project / "data" / "01_raw")
+    return project
+
+
+@pytest.fixture
+def kedro_project(tmp_path, monkeypatch, shared_data) -> Path:
+    """A throwaway copy of the project, the working directory for the test."""
+    project = copy_project(tmp_path / "project")
     monkeypatch.setenv("MIFT_DATA_DIR", str(shared_data))
     monkeypatch.chdir(project)
     return project
