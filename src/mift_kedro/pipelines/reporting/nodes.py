@@ -1,0 +1,272 @@
+"""Reporting nodes: predictions per model, per-example scores, metrics with bootstrap CIs,
+tables A/B/C, plots and the report. Thin wrappers over :mod:`.generation`, :mod:`.metrics`
+and :mod:`.report`, testable without Kedro."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mift_kedro.config import EVAL_SETS
+from mift_kedro.pipelines.reporting import metrics as M
+from mift_kedro.pipelines.reporting import report as R
+from mift_kedro.pipelines.reporting.generation import generate
+from mift_kedro.pipelines.reporting.params import reporting_params
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = [
+    "model", "display_name", "eval_set", "id", "prompt", "prompt_text", "reference",
+    "prediction", "label", "prompt_tokens", "completion_tokens", "reference_tokens",
+]
+SCORE_COLUMNS = ["rouge1", "rouge2", "rougeL", "bertscore_f1", "predicted_label"]
+
+
+def _content(messages: Any) -> str:
+    """The text of a one-message conversation column (``[{role, content}]``)."""
+    if isinstance(messages, list) and messages:
+        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    return ""
+
+
+def _label(value: Any) -> int | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return int(value)
+
+
+def predict(
+    model: Any,
+    tokenizer: Any,
+    eval_sets: dict[str, pd.DataFrame],
+    params: dict[str, Any],
+    *,
+    model_name: str,
+    display_name: str,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per (eval set, example): prompt, reference, prediction and token counts."""
+    cfg = reporting_params(params)
+    rows = []
+    for eval_set, frame in eval_sets.items():
+        if cfg.limit is not None:
+            frame = frame.iloc[: cfg.limit]
+        start = time.perf_counter()
+        generations = generate(
+            model,
+            tokenizer,
+            list(frame["prompt"]),
+            max_new_tokens=cfg.max_new_tokens[eval_set],
+            batch_size=cfg.batch_size,
+            sampling=cfg.sampling.model_dump(),
+            seed=seed,
+            desc=f"{model_name}/{eval_set}",
+        )
+        elapsed = time.perf_counter() - start
+        new_tokens = sum(g.completion_tokens for g in generations)
+        logger.info(
+            "%s on %s: %d prompts, %d new tokens in %.1f s (%.1f tokens/s)",
+            model_name, eval_set, len(frame), new_tokens, elapsed, new_tokens / max(elapsed, 1e-9),
+        )
+        for record, gen in zip(frame.itertuples(index=False), generations, strict=True):
+            reference = _content(record.completion)
+            rows.append(
+                {
+                    "model": model_name,
+                    "display_name": display_name,
+                    "eval_set": eval_set,
+                    "id": record.id,
+                    "prompt": _content(record.prompt),
+                    "prompt_text": gen.prompt_text,
+                    "reference": reference,
+                    "prediction": gen.prediction,
+                    "label": _label(getattr(record, "label", None)),
+                    "prompt_tokens": gen.prompt_tokens,
+                    "completion_tokens": gen.completion_tokens,
+                    "reference_tokens": len(tokenizer(reference, add_special_tokens=False)["input_ids"]),
+                }
+            )
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+
+def _eval_sets(sentiment: pd.DataFrame, out_of_sample: pd.DataFrame, alpaca: pd.DataFrame) -> dict:
+    return dict(zip(EVAL_SETS, (sentiment, out_of_sample, alpaca), strict=True))
+
+
+def generate_base_predictions(
+    base_model: str,
+    eval_sentiment: pd.DataFrame,
+    eval_out_of_sample: pd.DataFrame,
+    eval_alpaca: pd.DataFrame,
+    params: dict[str, Any],
+    seed: int,
+    display_name: str,
+) -> pd.DataFrame:
+    """Predictions of the base model (``base_model`` is a ref for :mod:`mift_kedro.models`)."""
+    from mift_kedro import models
+
+    cfg = reporting_params(params)
+    tokenizer = models.load_tokenizer(base_model)
+    model = models.load_causal_lm(base_model, quantization=cfg.quantization, device=cfg.device)
+    return predict(
+        model, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
+        model_name="base", display_name=display_name, seed=seed,
+    )
+
+
+def generate_variant_predictions(
+    adapter: Any,
+    base_model: str,
+    eval_sentiment: pd.DataFrame,
+    eval_out_of_sample: pd.DataFrame,
+    eval_alpaca: pd.DataFrame,
+    params: dict[str, Any],
+    seed: int,
+    variant: dict[str, Any],
+    model_name: str,
+) -> pd.DataFrame:
+    """Predictions of base + adapter (a ``peft.PeftModel``; no merge), base's tokenizer."""
+    from mift_kedro import models
+
+    recorded = _adapter_base(adapter)
+    if recorded and str(recorded) != str(base_model):
+        logger.warning(
+            "%s: the adapter records base model %r, the catalog's base_model is %r; "
+            "using the adapter's tokenizer source %r", model_name, recorded, base_model, recorded,
+        )
+    tokenizer = models.load_tokenizer(str(recorded or base_model))
+    return predict(
+        adapter, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
+        model_name=model_name, display_name=variant.get("display_name", model_name), seed=seed,
+    )
+
+
+def _adapter_base(adapter: Any) -> str | None:
+    config = getattr(adapter, "peft_config", None) or {}
+    for spec in config.values():
+        return getattr(spec, "base_model_name_or_path", None)
+    return None
+
+
+# --- scoring -------------------------------------------------------------------------------
+
+
+def score_predictions(
+    params: dict[str, Any], sentiment_template: dict[str, Any], *predictions: pd.DataFrame
+) -> pd.DataFrame:
+    """Per-example statistics of every model's predictions (one BERTScore model load)."""
+    cfg = reporting_params(params)
+    frame = pd.concat(predictions, ignore_index=True)
+    if frame.empty:
+        raise ValueError("No predictions to score: the generation nodes produced no rows.")
+    preds = frame["prediction"].fillna("").astype(str).tolist()
+    refs = frame["reference"].fillna("").astype(str).tolist()
+    start = time.perf_counter()
+    scores = pd.DataFrame(M.rouge_scores(preds, refs))
+    bleu = pd.DataFrame(M.bleu_statistics(preds, refs), columns=M.BLEU_STAT_COLUMNS)
+    scores["bertscore_f1"] = M.bertscore_f1(
+        preds, refs,
+        model_type=cfg.bertscore.model_type,
+        num_layers=cfg.bertscore.num_layers,
+        batch_size=cfg.bertscore.batch_size,
+        lang=cfg.bertscore.lang,
+        rescale_with_baseline=cfg.bertscore.rescale_with_baseline,
+    )
+    labels = {int(k): v for k, v in sentiment_template["labels"].items()}
+    is_sentiment = frame["eval_set"] == "sentiment"
+    scores["predicted_label"] = [
+        M.map_label(p, labels) if s else None for p, s in zip(preds, is_sentiment, strict=True)
+    ]
+    logger.info("Scored %d predictions in %.1f s", len(frame), time.perf_counter() - start)
+    keep = ["model", "display_name", "eval_set", "id", "label", "prediction", "reference"]
+    return pd.concat([frame[keep].reset_index(drop=True), scores, bleu], axis=1)
+
+
+def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M.Metric]:
+    out: list[M.Metric] = []
+    if eval_set == "sentiment":
+        y_true = rows["label"].astype(int).to_numpy()
+        y_pred = rows["predicted_label"].astype(int).to_numpy()
+        out += M.sentiment_metrics(y_true, y_pred, labels)
+    out.append(M.mean_metric("bertscore_f1", rows["bertscore_f1"].to_numpy()))
+    for kind in ("rouge1", "rouge2", "rougeL"):
+        out.append(M.mean_metric(kind, rows[kind].to_numpy()))
+    out.append(M.bleu_metric(rows[M.BLEU_STAT_COLUMNS].to_numpy(dtype=float)))
+    return out
+
+
+METRIC_COLUMNS = [
+    "eval_set", "model", "display_name", "metric", "value", "ci_low", "ci_high", "n",
+    "higher_is_better", "delta_vs_base", "delta_ci_low", "delta_ci_high", "p_value_vs_base",
+]
+
+
+def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> pd.DataFrame:
+    """Every metric with a bootstrap CI, and paired bootstrap tests of each variant vs base.
+
+    All models and metrics of an evaluation set share one set of resamples (seeded from
+    ``seed`` and the set), over the examples every model answered, so the comparison with
+    the base model is paired.
+    """
+    cfg = reporting_params(params)
+    labels = [0, 1]
+    records = []
+    model_order = list(dict.fromkeys(scores["model"]))
+    for k, eval_set in enumerate(EVAL_SETS):
+        subset = scores[scores["eval_set"] == eval_set]
+        if subset.empty:
+            continue
+        common = set.intersection(*(set(g["id"]) for _, g in subset.groupby("model")))
+        dropped = len(set(subset["id"])) - len(common)
+        if dropped:
+            logger.warning("%s: %d example(s) not answered by every model are left out", eval_set, dropped)
+        by_model = {
+            m: g[g["id"].isin(common)].sort_values("id").reset_index(drop=True)
+            for m, g in subset.groupby("model", sort=False)
+        }
+        n = len(common)
+        weights = M.bootstrap_weights(n, cfg.bootstrap.resamples, seed=seed * 1000 + k)
+        metric_sets = {m: _metrics_for(rows, eval_set, labels) for m, rows in by_model.items()}
+        base = metric_sets.get("base")
+        for model in [m for m in model_order if m in by_model]:
+            display = by_model[model]["display_name"].iloc[0]
+            for i, metric in enumerate(metric_sets[model]):
+                est = M.bootstrap_ci(metric, weights, cfg.bootstrap.confidence)
+                record = {
+                    "eval_set": eval_set, "model": model, "display_name": display,
+                    "metric": metric.name, "value": est.value, "ci_low": est.ci_low,
+                    "ci_high": est.ci_high, "n": n, "higher_is_better": metric.higher_is_better,
+                    "delta_vs_base": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan,
+                    "p_value_vs_base": np.nan,
+                }
+                if base is not None and model != "base":
+                    test = M.paired_bootstrap(metric, base[i], weights, cfg.bootstrap.confidence)
+                    record.update(
+                        delta_vs_base=test.delta, delta_ci_low=test.ci_low,
+                        delta_ci_high=test.ci_high, p_value_vs_base=test.p_value,
+                    )
+                records.append(record)
+    return pd.DataFrame(records, columns=METRIC_COLUMNS)
+
+
+# --- tables, plots, report ------------------------------------------------------------------
+
+
+def build_table(metrics: pd.DataFrame, eval_set: str) -> tuple[pd.DataFrame, str]:
+    """Table A/B/C for one evaluation set: CSV frame and Markdown text."""
+    return R.table_frame(metrics, eval_set), R.table_markdown(metrics, eval_set)
+
+
+def plot_metrics(metrics: pd.DataFrame, eval_set: str):
+    return R.metric_figure(metrics, eval_set)
+
+
+def build_report(
+    metrics: pd.DataFrame, parameters: dict[str, Any], *predictions: pd.DataFrame
+) -> str:
+    frame = pd.concat(predictions, ignore_index=True)
+    return R.render_report(metrics, frame, parameters)

@@ -1,0 +1,259 @@
+"""Tables A/B/C, metric plots and the HTML report, from the metrics and predictions frames."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: The study's tables: (A) sentiment, (B) out-of-sample instructions, (C) Alpaca.
+TABLES = {"sentiment": "A", "out_of_sample": "B", "alpaca": "C"}
+TITLES = {
+    "sentiment": "Table A: sentiment test set (the custom instruction)",
+    "out_of_sample": "Table B: out-of-sample instructions",
+    "alpaca": "Table C: Alpaca test set (general instructions)",
+}
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro-F1",
+    "invalid_rate": "Invalid-answer rate (lower is better)",
+    "bertscore_f1": "BERTScore F1",
+    "rouge1": "ROUGE-1 F1",
+    "rouge2": "ROUGE-2 F1",
+    "rougeL": "ROUGE-L F1",
+    "bleu": "BLEU (sacreBLEU, 0-100)",
+}
+NOTES = {
+    "sentiment": (
+        "The answers are one word, so BLEU (4-gram precision) is meaningless here: with no 2-, 3- "
+        "or 4-grams it is near zero even for correct answers. Judge the models by accuracy and "
+        "macro-F1; an answer that maps to neither label counts as wrong and as invalid."
+    ),
+    "out_of_sample": "Ten instructions: the intervals are wide; read differences with care.",
+    "alpaca": "Generations are cut at `reporting.max_new_tokens.alpaca` tokens.",
+}
+
+
+def _models(metrics: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, display name) in the order they appear, base first."""
+    pairs = list(dict.fromkeys(zip(metrics["model"], metrics["display_name"], strict=True)))
+    return sorted(pairs, key=lambda p: p[0] != "base")
+
+
+def _subset(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
+    subset = metrics[metrics["eval_set"] == eval_set]
+    if subset.empty:
+        raise ValueError(f"no metrics for evaluation set {eval_set!r}")
+    return subset
+
+
+def _metric_order(subset: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(subset["metric"]))
+    return [m for m in METRIC_LABELS if m in present] + [m for m in present if m not in METRIC_LABELS]
+
+
+def table_frame(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
+    """Numeric table: one row per metric; per model value, CI bounds, and (variants) p vs base."""
+    subset = _subset(metrics, eval_set)
+    rows = []
+    for metric in _metric_order(subset):
+        row: dict[str, Any] = {"metric": metric, "n": int(subset["n"].iloc[0])}
+        for model, display in _models(subset):
+            hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
+            if hit.empty:
+                continue
+            r = hit.iloc[0]
+            row[display] = r["value"]
+            row[f"{display} ci_low"] = r["ci_low"]
+            row[f"{display} ci_high"] = r["ci_high"]
+            if model != "base":
+                row[f"{display} delta_vs_base"] = r["delta_vs_base"]
+                row[f"{display} p_vs_base"] = r["p_value_vs_base"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return f"{value:.1f}" if metric == "bleu" else f"{value:.3f}"
+
+
+def _cell(r: pd.Series, metric: str, base: bool) -> str:
+    text = f"{_fmt(r['value'], metric)} [{_fmt(r['ci_low'], metric)}, {_fmt(r['ci_high'], metric)}]"
+    if not base and not np.isnan(r["p_value_vs_base"]):
+        sign = "+" if r["delta_vs_base"] >= 0 else ""
+        text += f" (Δ {sign}{_fmt(r['delta_vs_base'], metric)}, p={r['p_value_vs_base']:.3f})"
+    return text
+
+
+def table_rows(metrics: pd.DataFrame, eval_set: str) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows: ``value [95% CI] (Δ vs base, paired bootstrap p)``."""
+    subset = _subset(metrics, eval_set)
+    models = _models(subset)
+    header = ["Metric"] + [d for _, d in models]
+    rows = []
+    for metric in _metric_order(subset):
+        row = [METRIC_LABELS.get(metric, metric)]
+        for model, _ in models:
+            hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
+            row.append(_cell(hit.iloc[0], metric, model == "base") if not hit.empty else "")
+        rows.append(row)
+    return header, rows
+
+
+def table_markdown(metrics: pd.DataFrame, eval_set: str) -> str:
+    header, rows = table_rows(metrics, eval_set)
+    n = int(_subset(metrics, eval_set)["n"].iloc[0])
+    lines = [
+        f"## {TITLES.get(eval_set, eval_set)}",
+        "",
+        f"n = {n} examples. Cells: value [95% bootstrap CI]; for fine-tuned models also "
+        "(Δ vs base, paired bootstrap p-value).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    if eval_set in NOTES:
+        lines += ["", f"_{NOTES[eval_set]}_"]
+    return "\n".join(lines) + "\n"
+
+
+def metric_figure(metrics: pd.DataFrame, eval_set: str):
+    """Grouped bars per metric and model with 95% CI error bars (BLEU shown as BLEU/100)."""
+    from matplotlib.figure import Figure
+
+    subset = _subset(metrics, eval_set)
+    order = _metric_order(subset)
+    models = _models(subset)
+    fig = Figure(figsize=(max(6.0, 1.2 * len(order) + 2), 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(order))
+    for j, (model, display) in enumerate(models):
+        vals, lows, highs = [], [], []
+        for metric in order:
+            hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
+            scale = 100.0 if metric == "bleu" else 1.0
+            r = hit.iloc[0] if not hit.empty else None
+            v = np.nan if r is None else r["value"] / scale
+            lo = np.nan if r is None else r["ci_low"] / scale
+            hi = np.nan if r is None else r["ci_high"] / scale
+            vals.append(v)
+            lows.append(max(v - lo, 0.0) if not np.isnan(lo) else 0.0)
+            highs.append(max(hi - v, 0.0) if not np.isnan(hi) else 0.0)
+        ax.bar(x + (j - (len(models) - 1) / 2) * width, vals, width, yerr=[lows, highs],
+               capsize=3, label=display)
+    ax.set_xticks(x, [("BLEU/100" if m == "bleu" else METRIC_LABELS.get(m, m).split(" (")[0]) for m in order],
+                  rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (95% bootstrap CI)")
+    ax.set_title(TITLES.get(eval_set, eval_set))
+    ax.legend(loc="upper right", fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _figure_png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def example_ids(predictions: pd.DataFrame, eval_set: str, count: int, seed: int) -> list[str]:
+    """A seeded choice of examples every model answered (the same ones for every model)."""
+    subset = predictions[predictions["eval_set"] == eval_set]
+    if subset.empty:
+        return []
+    common = sorted(set.intersection(*(set(g["id"]) for _, g in subset.groupby("model"))))
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(common), size=min(count, len(common)), replace=False)
+    return [common[i] for i in sorted(picks)]
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}pre{background:#f7f7f7;padding:0.8em;overflow-x:auto;font-size:0.85em}
+.ex td{white-space:pre-wrap;max-width:420px}.note{color:#555;font-style:italic}img{max-width:100%}
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for row in rows:
+        cells = [
+            f'<td class="num">{html.escape(c)}</td>' if k >= numeric_from else f"<td>{html.escape(c)}</td>"
+            for k, c in enumerate(row)
+        ]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def render_report(
+    metrics: pd.DataFrame, predictions: pd.DataFrame, parameters: dict[str, Any]
+) -> str:
+    """One self-contained HTML page: tables, plots (inline PNG), parameters, examples."""
+    reporting = (parameters or {}).get("reporting") or {}
+    count = int(reporting.get("examples_per_set", 5))
+    seed = int((parameters or {}).get("seed", 0))
+    models = _models(predictions[["model", "display_name"]].drop_duplicates())
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<title>mift-kedro evaluation report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>mift-kedro evaluation report</h1>",
+        f"<p>Generated {html.escape(_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}. "
+        "Models: " + ", ".join(html.escape(d) for _, d in models) + ". "
+        "Every metric comes with a 95% percentile bootstrap confidence interval; fine-tuned "
+        "models also show the difference to the base model and a two-sided paired bootstrap "
+        "p-value (same resampled examples for all models).</p>",
+        "<h2>Contents</h2><ul>"
+        + "".join(f"<li><a href='#{s}'>{html.escape(TITLES[s])}</a></li>" for s in TABLES if s in set(metrics["eval_set"]))
+        + "<li><a href='#examples'>Example predictions</a></li><li><a href='#parameters'>Run parameters</a></li></ul>",
+    ]
+    for eval_set in TABLES:
+        if eval_set not in set(metrics["eval_set"]):
+            continue
+        header, rows = table_rows(metrics, eval_set)
+        n = int(_subset(metrics, eval_set)["n"].iloc[0])
+        fig = metric_figure(metrics, eval_set)
+        parts += [
+            f"<h2 id='{eval_set}'>{html.escape(TITLES[eval_set])}</h2>",
+            f"<p>n = {n} examples. Cells: value [95% CI] (Δ vs base, p).</p>",
+            _html_table(header, rows),
+            f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
+            f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
+        ]
+    parts.append("<h2 id='examples'>Example predictions</h2>")
+    for eval_set in TABLES:
+        ids = example_ids(predictions, eval_set, count, seed)
+        if not ids:
+            continue
+        parts.append(f"<h3>{html.escape(TITLES[eval_set].split(': ', 1)[-1])}</h3>")
+        subset = predictions[predictions["eval_set"] == eval_set]
+        header = ["#", "Prompt", "Reference"] + [d for _, d in models]
+        rows = []
+        for k, example_id in enumerate(ids, 1):
+            ex = subset[subset["id"] == example_id]
+            first = ex.iloc[0]
+            answers = []
+            for model, _ in models:
+                hit = ex[ex["model"] == model]
+                answers.append(str(hit.iloc[0]["prediction"]) if not hit.empty else "")
+            rows.append([str(k), str(first["prompt"]), str(first["reference"])] + answers)
+        parts.append(_html_table(header, rows, numeric_from=len(header) + 1).replace("<table>", "<table class='ex'>"))
+    parts += [
+        "<h2 id='parameters'>Run parameters</h2>",
+        f"<pre>{html.escape(json.dumps(parameters, indent=2, default=str, ensure_ascii=False))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,270 @@
+"""reporting: metrics on hand-computed cases, label mapping, bootstrap, tables and the report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import sacrebleu
+
+from mift_kedro.config import ParameterError, validate_parameters
+from mift_kedro.pipelines.reporting import create_pipeline, nodes
+from mift_kedro.pipelines.reporting import metrics as M
+from mift_kedro.pipelines.reporting.params import reporting_params
+
+LABELS = {0: "negative", 1: "positive"}
+PARAMS = {
+    "max_new_tokens": {"sentiment": 4, "out_of_sample": 16, "alpaca": 16},
+    "bootstrap": {"resamples": 200, "confidence": 0.95},
+}
+
+
+# --- label mapping -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("positive", 1),
+        ("Negative", 0),
+        ("Positive.", 1),
+        ("  **negative**!  ", 0),
+        ("negative sentiment", 0),
+        ("The tweet is positive", 1),
+        ("Sentiment: POSITIVE", 1),
+        ("positive or negative", 1),  # the first word decides
+        ("it is not positive, rather negative", M.INVALID),  # both, and no first-word decision
+        ("neutral", M.INVALID),
+        ("", M.INVALID),
+        (None, M.INVALID),
+        ("positively", M.INVALID),  # whole words only
+        ("negative-ish", 0),  # punctuation splits words
+    ],
+)
+def test_label_mapping(answer, expected):
+    assert M.map_label(answer, LABELS) == expected
+
+
+# --- metrics on hand-computed cases ---------------------------------------------------------
+
+
+def test_perfect_prediction_scores_maximal():
+    text = "The cat sat on the mat near the door."
+    assert M.corpus_bleu([text], [text]) == pytest.approx(100.0)
+    rouge = M.rouge_scores([text], [text])
+    assert all(rouge[k][0] == pytest.approx(1.0) for k in ("rouge1", "rouge2", "rougeL"))
+
+
+def test_empty_prediction_scores_zero():
+    assert M.corpus_bleu([""], ["the cat sat"]) == 0.0
+    rouge = M.rouge_scores([""], ["the cat sat"])
+    assert all(rouge[k][0] == 0.0 for k in rouge)
+    assert M.map_label("", LABELS) == M.INVALID
+
+
+def test_one_word_answer_bleu_is_meaningless_but_accuracy_is_not():
+    # A correct one-word answer has no 2-, 3- or 4-grams: corpus BLEU is 0, accuracy is 1.
+    assert M.corpus_bleu(["positive"], ["positive"]) == 0.0
+    rouge = M.rouge_scores(["positive"], ["positive"])
+    assert rouge["rouge1"][0] == 1.0 and rouge["rouge2"][0] == 0.0
+    accuracy, macro_f1, invalid = M.sentiment_metrics([1], [M.map_label("Positive.", LABELS)], [0, 1])
+    assert accuracy.value() == 1.0 and invalid.value() == 0.0
+
+
+def test_rouge_hand_computed():
+    # hyp "the cat" vs ref "the cat sat": unigram P = 1, R = 2/3 -> F1 = 0.8; bigram P = R = ... 1, 1/2
+    rouge = M.rouge_scores(["the cat"], ["the cat sat"])
+    assert rouge["rouge1"][0] == pytest.approx(0.8)
+    assert rouge["rouge2"][0] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert rouge["rougeL"][0] == pytest.approx(0.8)
+
+
+def test_corpus_bleu_matches_sacrebleu():
+    hyps = ["the cat sat on a mat today", "hello there", "", "a b c d e f"]
+    refs = ["the cat sat on the mat", "hello world there", "x y", "a b c d e g"]
+    expected = sacrebleu.corpus_bleu(hyps, [refs]).score
+    assert M.corpus_bleu(hyps, refs) == pytest.approx(expected)
+
+
+def test_sentiment_metrics_hand_computed():
+    y_true = [1, 1, 0, 0, 1]
+    y_pred = [1, 0, 0, M.INVALID, M.INVALID]
+    accuracy, macro_f1, invalid = M.sentiment_metrics(y_true, y_pred, [0, 1])
+    assert accuracy.value() == pytest.approx(2 / 5)
+    assert invalid.value() == pytest.approx(2 / 5)
+    # label 1: tp 1, fp 0, fn 2 -> F1 2/4; label 0: tp 1, fp 1, fn 1 -> F1 2/4
+    assert macro_f1.value() == pytest.approx(0.5)
+
+
+def test_bertscore_offline_perfect_empty_and_one_word(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    text = "The cat sat on the mat."
+    f1 = M.bertscore_f1([text, "", "positive", "negative"], [text, "the cat", "positive", "positive"])
+    assert f1[0] == pytest.approx(1.0, abs=1e-4)
+    assert f1[1] == 0.0
+    assert f1[2] == pytest.approx(1.0, abs=1e-4)
+    assert 0.0 < f1[3] < 1.0
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_contains_point_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 200, 2000):
+        metric = M.mean_metric("accuracy", (rng.random(n) < 0.7).astype(float))
+        est = M.bootstrap_ci(metric, M.bootstrap_weights(n, 1000, seed=1))
+        assert est.ci_low <= est.value <= est.ci_high
+        widths.append(est.ci_high - est.ci_low)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_bootstrap_recomputes_corpus_metrics_per_resample():
+    hyps = ["the cat sat on the mat", "a dog ran", "hello world there", "x"]
+    refs = ["the cat sat on the mat", "the dog ran away", "hello there world", "y z"]
+    metric = M.bleu_metric(M.bleu_statistics(hyps, refs))
+    weights = M.bootstrap_weights(len(hyps), 50, seed=3)
+    dist = M.bootstrap_distribution(metric, weights)
+    for w, value in zip(weights[:10], dist[:10], strict=True):
+        idx = np.repeat(np.arange(len(hyps)), w.astype(int))
+        expected = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
+        assert value == pytest.approx(expected)
+    y_true, y_pred = [1, 0, 1, 0, 1, 1], [1, 0, 0, -1, 1, 0]
+    f1 = M.macro_f1_metric(y_true, y_pred, [0, 1])
+    weights = M.bootstrap_weights(6, 20, seed=4)
+    for w, value in zip(weights, M.bootstrap_distribution(f1, weights), strict=True):
+        idx = np.repeat(np.arange(6), w.astype(int))
+        again = M.macro_f1_metric([y_true[i] for i in idx], [y_pred[i] for i in idx], [0, 1])
+        assert value == pytest.approx(again.value())
+
+
+def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 300)
+    good = np.where(rng.random(300) < 0.9, truth, 1 - truth)
+    bad = np.where(rng.random(300) < 0.55, truth, 1 - truth)
+    weights = M.bootstrap_weights(300, 1000, seed=0)
+    acc = lambda p: M.mean_metric("accuracy", (p == truth).astype(float))  # noqa: E731
+    test = M.paired_bootstrap(acc(good), acc(bad), weights)
+    assert test.delta > 0.2 and test.p_value < 0.01 and test.ci_low > 0
+    same = M.paired_bootstrap(acc(good), acc(good), weights)
+    assert same.delta == 0 and same.p_value == 1.0
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+
+def test_reporting_params_are_validated_with_the_key_named():
+    assert reporting_params(PARAMS).batch_size == 16
+    with pytest.raises(ParameterError, match="max_new_tokens"):
+        reporting_params({"max_new_tokens": {"sentiment": 4}})
+    with pytest.raises(ParameterError, match="batch_size"):
+        reporting_params({**PARAMS, "batch_size": 0})
+
+
+def test_reporting_block_is_registered_for_the_hook():
+    base = {
+        "seed": 1,
+        "variants": {"v": {"display_name": "V", "budget": 4, "mix": {"sentiment": 1.0}}},
+        "templates": {"sentiment": {"instruction": "x", "labels": LABELS}},
+        "eval_sets": {"sentiment": {"size": 4}},
+    }
+    with pytest.raises(ParameterError, match="reporting"):
+        validate_parameters({**base, "reporting": {"max_new_tokens": {}, "bogus": 1}})
+
+
+def test_pipeline_has_one_generation_namespace_per_model():
+    pipe = create_pipeline(variants=["custom_only", "both_instructions", "new_one"])
+    outputs = pipe.all_outputs()
+    for model in ("base", "custom_only", "both_instructions", "new_one"):
+        assert f"{model}.predictions" in outputs
+    assert "new_one.adapter" in pipe.inputs()
+    for name in ("metrics", "report", "table_A_csv", "table_C_md", "plot_sentiment"):
+        assert name in outputs
+    with pytest.raises(ValueError, match="base"):
+        create_pipeline(variants=["base"])
+
+
+# --- a small fixture run: predictions -> scores -> metrics -> tables, plots, report ------------
+
+
+def _fixture_predictions(n_sentiment: int = 40) -> list[pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, n_sentiment)
+    frames = []
+    for model, display, skill in (("base", "Base", 0.5), ("custom_only", "FT-CustomOnly", 0.95),
+                                  ("both_instructions", "FT-BothInstruction", 0.8)):
+        rows = []
+        for i, y in enumerate(truth):
+            right = rng.random() < skill
+            word = LABELS[int(y)] if right else LABELS[1 - int(y)]
+            answer = word.capitalize() + "." if model != "base" or i % 4 else "I think it is mixed"
+            rows.append({"eval_set": "sentiment", "id": f"s{i:03d}", "prompt": f"tweet {i}",
+                         "reference": LABELS[int(y)], "prediction": answer, "label": int(y)})
+        for eval_set, count in (("out_of_sample", 10), ("alpaca", 12)):
+            for i in range(count):
+                ref = f"the answer number {i} is about cats and dogs"
+                pred = ref if rng.random() < skill else f"something else {i}"
+                rows.append({"eval_set": eval_set, "id": f"{eval_set[0]}{i:03d}", "prompt": f"do {i}",
+                             "reference": ref, "prediction": pred if i else "", "label": None})
+        frame = pd.DataFrame(rows)
+        frame.insert(0, "display_name", display)
+        frame.insert(0, "model", model)
+        frame["prompt_text"] = frame["prompt"]
+        frame["prompt_tokens"], frame["completion_tokens"], frame["reference_tokens"] = 10, 3, 3
+        frames.append(frame[nodes.PREDICTION_COLUMNS])
+    return frames
+
+
+@pytest.fixture
+def fake_bertscore(monkeypatch):
+    """ROUGE-1 stands in for BERTScore (the real one has its own test), keeping this fast."""
+    monkeypatch.setattr(
+        M, "bertscore_f1", lambda preds, refs, **kw: M.rouge_scores(preds, refs)["rouge1"]
+    )
+
+
+def test_report_renders_from_a_small_fixture_run(fake_bertscore):
+    predictions = _fixture_predictions()
+    scores = nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    assert len(scores) == 3 * (40 + 10 + 12)
+    metrics = nodes.compute_metrics(scores, PARAMS, seed=7)
+    sentiment = metrics[metrics["eval_set"] == "sentiment"].set_index(["model", "metric"])
+    assert set(metrics["metric"]) >= {"accuracy", "macro_f1", "invalid_rate", "bleu", "rougeL", "bertscore_f1"}
+    assert sentiment.loc[("base", "invalid_rate"), "value"] == pytest.approx(10 / 40)
+    acc = sentiment.loc[("custom_only", "accuracy")]
+    assert acc["value"] > sentiment.loc[("base", "accuracy"), "value"]
+    assert acc["p_value_vs_base"] < 0.05 and acc["delta_ci_low"] > 0
+    assert (metrics["ci_low"] <= metrics["value"] + 1e-9).all()
+    assert (metrics["value"] <= metrics["ci_high"] + 1e-9).all()
+    assert metrics.loc[metrics["model"] == "base", "p_value_vs_base"].isna().all()
+
+    csv, markdown = nodes.build_table(metrics, "sentiment")
+    assert list(csv["metric"][:3]) == ["accuracy", "macro_f1", "invalid_rate"]
+    assert {"Base", "FT-CustomOnly", "FT-BothInstruction", "FT-CustomOnly p_vs_base"} <= set(csv.columns)
+    assert "| Metric | Base | FT-CustomOnly | FT-BothInstruction |" in markdown
+    assert "BLEU" in markdown and "meaningless" in markdown
+    figure = nodes.plot_metrics(metrics, "alpaca")
+    assert len(figure.axes[0].patches) == 3 * 5  # 3 models x 5 metrics
+
+    html = nodes.build_report(metrics, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
+    assert html.count("<img alt='metrics for") == 3
+    for title in ("Table A", "Table B", "Table C", "Run parameters", "Example predictions"):
+        assert title in html
+    assert html.count("<table class='ex'>") == 3
+    example_table = html.split("<table class='ex'>")[1].split("</table>")[0]
+    assert example_table.count("<tr>") == 1 + 5  # header + five examples, one column per model
+    assert "&quot;resamples&quot;: 200" in html
+
+
+def test_metrics_are_paired_on_the_common_examples(fake_bertscore):
+    predictions = _fixture_predictions(12)
+    predictions[1] = predictions[1].iloc[1:]  # one variant missed an example
+    scores = nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    metrics = nodes.compute_metrics(scores, PARAMS, seed=1)
+    assert set(metrics.loc[metrics["eval_set"] == "sentiment", "n"]) == {11}
+    assert not math.isnan(metrics.loc[metrics["model"] == "custom_only", "p_value_vs_base"].iloc[0])
