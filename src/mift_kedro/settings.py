@@ -1,8 +1,10 @@
 """Project settings: hooks and the config loader (https://docs.kedro.org/en/stable/configure/)."""
 
 from mift_kedro.hooks import ParameterValidationHooks, ProjectConfigHooks
+from mift_kedro.pipelines.training.distributed import MainProcessSavesHooks
 
-HOOKS = (ProjectConfigHooks(), ParameterValidationHooks())
+# MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.
+HOOKS = (ProjectConfigHooks(), ParameterValidationHooks(), MainProcessSavesHooks())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

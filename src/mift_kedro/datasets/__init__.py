@@ -1,6 +1,7 @@
 """Custom Kedro datasets of mift-kedro."""
 
+from mift_kedro.datasets.adapter import AdapterDataset, BaseModelDataset
 from mift_kedro.datasets.jsonl import read_jsonl
 from mift_kedro.datasets.raw import HubOrLocalDataset
 
-__all__ = ["HubOrLocalDataset", "read_jsonl"]
+__all__ = ["AdapterDataset", "BaseModelDataset", "HubOrLocalDataset", "read_jsonl"]

