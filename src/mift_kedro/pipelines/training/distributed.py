@@ -1,6 +1,6 @@
 """Running the whole Kedro pipeline under ``accelerate launch``: every process trains, one writes.
 
-Each process of ``accelerate launch -m mift_kedro run --pipeline training`` runs the same
+Each process of ``accelerate launch -m mift_kedro --pipeline training`` runs the same
 nodes (DDP needs every rank in the training step). Catalog artifacts must be written once,
 so :class:`MainProcessSavesHooks` turns saves of persisted datasets into no-ops on the other
 processes, and after each such save every process waits until the main one has written it
@@ -17,6 +17,19 @@ from kedro.framework.hooks import hook_impl
 
 def _is_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def distributed_state() -> Any:
+    """accelerate's process state; without GPUs, DDP runs on CPU processes over gloo.
+
+    ``accelerate launch --cpu`` starts several processes only through MPI, so on a CPU
+    machine launch with ``accelerate launch --multi_gpu --num_processes N``: its launcher
+    (torch.distributed.run) starts the processes, and ``cpu=True`` here makes them CPU ranks.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _is_memory(catalog: Any, name: str) -> bool:
@@ -39,9 +52,7 @@ class MainProcessSavesHooks:
     def after_catalog_created(self, catalog: Any) -> None:
         if not _is_distributed():
             return
-        from accelerate import PartialState
-
-        self._state, self._catalog = PartialState(), catalog
+        self._state, self._catalog = distributed_state(), catalog
         if self._state.is_main_process:
             return
         save = catalog.save

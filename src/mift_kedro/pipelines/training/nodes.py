@@ -162,11 +162,11 @@ def train_adapter(
     Every process of an ``accelerate launch`` runs this (DDP); Kedro hooks let only the main
     process save. A rerun with the same parameters and data resumes from the last checkpoint.
     """
-    from accelerate import PartialState
     from datasets import Dataset
     from transformers import DataCollatorWithFlattening, PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    from mift_kedro.pipelines.training.distributed import distributed_state
     from mift_kedro.pipelines.training.trainer import (
         CompletionOnlyTrainer,
         TrainingProgress,
@@ -175,12 +175,12 @@ def train_adapter(
 
     spec = variant_spec(variant)
     params = training_params(training, spec.training)
-    state = PartialState()
+    state = distributed_state()
     device = models.default_device()
     gradient_checkpointing = (
         device != "cpu" if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
     )
-    set_threads(params.torch_threads)
+    threads = set_threads(params.torch_threads) if device == "cpu" else None
 
     # 1. Tokenizer and data, through the chat template that generation uses too
     tokenizer = models.load_tokenizer(base_model)
@@ -216,10 +216,10 @@ def train_adapter(
     trainer.remove_callback(PrinterCallback)
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _steps(trainer, len(dataset))
     logger.info(
-        "[%s] training on %d examples (%d dropped as too long), %d steps, device %s x%d, "
+        "[%s] training on %d examples (%d dropped as too long), %d steps, device %s x%d%s, "
         "quantization %s, %s, LoRA r=%d%s",
         spec.display_name, len(dataset), data_report["dropped_overlong"], steps, device,
-        state.num_processes, params.quantization, models.compute_dtype(device),
+        state.num_processes, f" ({threads} threads)" if threads else "", params.quantization, models.compute_dtype(device),
         params.lora.r, f", resuming from {resume_from}" if resume_from else "",
     )
 
@@ -230,7 +230,7 @@ def train_adapter(
 
     metrics = training_metrics(
         trainer.state, result.metrics, wall_time, spec, params, data_report,
-        base_model=base_model, device=device, num_processes=state.num_processes,
+        base_model=base_model, device=device, num_processes=state.num_processes, threads=threads,
         resumed_from=resume_from, checkpoint_dir=output_dir,
     )
     logger.info(
@@ -283,6 +283,7 @@ def training_metrics(
         "base_model": context["base_model"],
         "device": context["device"],
         "num_processes": context["num_processes"],
+        "cpu_threads": context["threads"],
         "quantization": params.quantization,
         **data_report,
         "max_length": params.max_length,

@@ -64,8 +64,8 @@ class TrainingParams(_Strict):
     )
     save_steps: PositiveInt = Field(default=10, description="checkpoint every this many steps")
     checkpoint_dir: str = "data/06_models/checkpoints"
-    torch_threads: PositiveInt | None = Field(
-        default=None, description="CPU threads; None keeps torch's default"
+    torch_threads: PositiveInt | Literal["auto"] | None = Field(
+        default="auto", description="CPU threads; auto: the cores not busy; None: torch's default"
     )
 
     @model_validator(mode="after")
