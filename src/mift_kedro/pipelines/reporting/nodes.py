@@ -133,7 +133,7 @@ def generate_variant_predictions(
     from mift_kedro import models
 
     recorded = _adapter_base(adapter)
-    if recorded and str(recorded) != str(base_model):
+    if recorded and not _same_ref(recorded, base_model):
         logger.warning(
             "%s: the adapter records base model %r, the catalog's base_model is %r; "
             "using the adapter's tokenizer source %r", model_name, recorded, base_model, recorded,
@@ -143,6 +143,12 @@ def generate_variant_predictions(
         adapter, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
         model_name=model_name, display_name=variant.get("display_name", model_name), seed=seed,
     )
+
+
+def _same_ref(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    return str(a) == str(b) or Path(str(a)).resolve() == Path(str(b)).resolve()
 
 
 def _adapter_base(adapter: Any) -> str | None:
