@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import logging
+import os
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any

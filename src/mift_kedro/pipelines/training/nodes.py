@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,9 @@ def add_lora(model: Any, params: TrainingParams, seed: int, gradient_checkpointi
 
     if params.quantization == "4bit":
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # DDP-safe
         )
     set_seed(seed)
     lora = LoraConfig(
@@ -131,6 +132,7 @@ def training_arguments(
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
         activation_checkpointing=gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         seed=seed,
         data_seed=seed,
         logging_steps=1,
