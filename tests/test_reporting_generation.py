@@ -106,3 +106,16 @@ def test_sampling_settings_come_from_parameters():
     assert generation_kwargs({"do_sample": False, "temperature": 0.3}) == {"do_sample": False, "num_beams": 1}
     kwargs = generation_kwargs({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20})
     assert kwargs == {"do_sample": True, "num_beams": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 20}
+
+
+def test_shared_prefix_cache_changes_nothing_but_the_work(tiny_model):
+    from mift_kedro.pipelines.reporting.generation import _shared_prefix
+
+    model, tokenizer = tiny_model
+    encoded = [tokenize_prompt(tokenizer, render_prompt(tokenizer, p)) for p in PROMPTS]
+    assert _shared_prefix(encoded) >= 8  # the chat template's system turn at least
+    assert _shared_prefix(encoded[:1]) == 0
+    on = generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, progress=False)
+    off = generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, progress=False,
+                   prefix_cache=False)
+    assert on == off

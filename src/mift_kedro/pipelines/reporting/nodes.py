@@ -14,7 +14,7 @@ import pandas as pd
 from mift_kedro.config import EVAL_SETS
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
-from mift_kedro.pipelines.reporting.generation import generate
+from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
 from mift_kedro.pipelines.reporting.params import reporting_params
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,21 @@ def predict(
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per (eval set, example): prompt, reference, prediction and token counts."""
+    import torch
+
     cfg = reporting_params(params)
+    rows = []
+    threads = torch.get_num_threads()
+    if model_device(model).type == "cpu":
+        torch.set_num_threads(pick_num_threads(cfg.num_threads))
+    try:
+        rows = _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+
+def _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, seed) -> list[dict]:
     rows = []
     for eval_set, frame in eval_sets.items():
         if cfg.limit is not None:
@@ -90,7 +104,7 @@ def predict(
                     "reference_tokens": len(tokenizer(reference, add_special_tokens=False)["input_ids"]),
                 }
             )
-    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    return rows
 
 
 def _eval_sets(sentiment: pd.DataFrame, out_of_sample: pd.DataFrame, alpaca: pd.DataFrame) -> dict:

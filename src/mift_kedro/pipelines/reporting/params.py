@@ -46,6 +46,9 @@ class ReportingParams(_Strict):
     base_display_name: str = Field(default="Base", min_length=1)
     batch_size: PositiveInt = 16
     device: str | None = Field(default=None, description="None: cuda if available, else cpu")
+    num_threads: PositiveInt | Literal["auto"] | None = Field(
+        default="auto", description="CPU threads for generation; auto: 1 or torch's default, timed"
+    )
     quantization: Literal["none", "4bit"] = "none"
     max_new_tokens: dict[str, PositiveInt]
     sampling: SamplingParams = Field(default_factory=SamplingParams)
