@@ -86,3 +86,19 @@ def kedro_project(tmp_path, monkeypatch, shared_data) -> Path:
     monkeypatch.setenv("MIFT_DATA_DIR", str(shared_data))
     monkeypatch.chdir(project)
     return project
+
+
+@pytest.fixture(scope="session")
+def embedded_base_model(tmp_path_factory) -> Path:
+    """The embedded SmolLM2 converted to safetensors: the checkout's own conversion when a run
+    already made one, else converted once per test session (~40 s)."""
+    from mift_kedro import models
+    from mift_kedro.datasets import BaseModelDataset
+
+    source = models.ModelSource(source="embedded", name=models.EMBEDDED_GGUF)
+    checkout = PROJECT_ROOT / "data" / "06_models" / "base_model"
+    if models.read_source(checkout) == source.to_dict() and (checkout / "config.json").is_file():
+        return checkout
+    out = tmp_path_factory.mktemp("embedded") / "base_model"
+    BaseModelDataset(filepath=str(out)).save(source)
+    return out
