@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 
 from mift_kedro import chat, models  # noqa: E402
 from mift_kedro.pipelines.training import nodes  # noqa: E402
@@ -75,7 +75,7 @@ class StepTimer(TrainerCallback):
         self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
 
     def throughput(self) -> tuple[float, int, float]:
-        """(useful tokens/s, tokens, seconds) over the steps after the first."""
+        """(tokens/s, tokens, seconds) over the steps after the first, as the Trainer counts."""
         (t0, n0), (t1, n1) = self.marks[1], self.marks[-1]
         return (n1 - n0) / (t1 - t0), n1 - n0, t1 - t0
 
@@ -123,6 +123,7 @@ def run_project(ref, frame, params, steps, tmp) -> StepTimer:
         model=model, args=args, train_dataset=Dataset.from_list(examples),
         data_collator=DataCollatorWithFlattening(), callbacks=[timer],
     )
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     return timer
 
@@ -159,6 +160,7 @@ def run_trl(ref, frame, params, steps, tmp, **overrides) -> StepTimer:
         model=model, args=config, processing_class=tokenizer, peft_config=lora, callbacks=[timer],
         train_dataset=Dataset.from_pandas(frame[["prompt", "completion"]], preserve_index=False),
     )
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     return timer
 
@@ -218,7 +220,8 @@ def main() -> None:
         results = {}
         for name in args.runs.split(","):
             torch.manual_seed(SEED)
-            rate, tokens, seconds = runners[name]().throughput()
+            _, tokens, seconds = runners[name]().throughput()
+            rate = useful / seconds  # the same timed examples for every run, padding excluded
             mfu = flops / seconds / 1e9 / peak
             results[name] = {"useful_tokens_per_s": rate, "tokens": tokens, "seconds": seconds,
                              "model_gflops_per_s": flops / seconds / 1e9, "fraction_of_peak": mfu}

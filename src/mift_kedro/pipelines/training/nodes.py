@@ -142,7 +142,7 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,  # TrainingProgress draws the bar
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="all",  # padding-free batches: every token is useful
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
     )
