@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mift_kedro import models  # noqa: E402
-from mift_kedro.pipelines.reporting.generation import generate  # noqa: E402
+from mift_kedro.pipelines.reporting.generation import generate, pick_num_threads  # noqa: E402
 
 
 def latest_eval_set(name: str) -> list:
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16, help="the pipeline's default")
     parser.add_argument("--model", default=None, help="a model directory (default: see above)")
+    parser.add_argument("--threads", default="auto", help="torch CPU threads (both methods): auto or N")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -80,6 +81,7 @@ def main() -> None:
         ref = args.model or model_ref(tmp)
         tokenizer = models.load_tokenizer(ref)
         model = models.load_causal_lm(ref, device="cpu").eval()
+        torch.set_num_threads(pick_num_threads(args.threads if args.threads == "auto" else int(args.threads)))
 
         # Warm-up (first-call allocations), excluded from both timings.
         generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False)

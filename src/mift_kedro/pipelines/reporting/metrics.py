@@ -264,8 +264,11 @@ def bertscore_f1(
     preds = [p.strip() if isinstance(p, str) else "" for p in predictions]
     refs = [r.strip() if isinstance(r, str) else "" for r in references]
     out = np.zeros(len(preds))
-    keep = [i for i, (p, r) in enumerate(zip(preds, refs, strict=True)) if p and r]
-    if not keep:
+    # Each distinct (prediction, reference) pair is scored once: identical answers of two
+    # models get identical scores (no padding noise in paired tests), and the many repeated
+    # one-word sentiment answers cost nothing.
+    pairs = list(dict.fromkeys((p, r) for p, r in zip(preds, refs, strict=True) if p and r))
+    if not pairs:
         return out
     scorer = BERTScorer(
         model_type=model_type or default_bertscore_model(),
@@ -275,6 +278,8 @@ def bertscore_f1(
         rescale_with_baseline=rescale_with_baseline,
         device=device,
     )
-    _, _, f1 = scorer.score([preds[i] for i in keep], [refs[i] for i in keep], batch_size=batch_size)
-    out[keep] = f1.numpy()
+    _, _, f1 = scorer.score([p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+    score = dict(zip(pairs, f1.tolist(), strict=True))
+    for i, pair in enumerate(zip(preds, refs, strict=True)):
+        out[i] = score.get(pair, 0.0)
     return out
