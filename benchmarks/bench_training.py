@@ -4,8 +4,8 @@ All runs train LoRA adapters on the embedded SmolLM2-135M in fp32 on the same ex
 the same order (sequential sampler), with the same batch size, max length, learning rate and
 LoRA settings, in this one process, one after the other:
 
-* ``project``: the training pipeline's Trainer (padding-free batches, LM head only at
-  response positions; ``mift_kedro.pipelines.training``).
+* ``project``: the training pipeline's Trainer (padding-free batches with attention per
+  example, LM head only at response positions; ``mift_kedro.pipelines.training``).
 * ``trl-defaults``: ``trl.SFTTrainer`` with its remaining defaults (padded batches, gradient
   checkpointing on, its default loss).
 * ``trl-nll``: the same with ``loss_type="nll"``.
@@ -107,13 +107,17 @@ def model_ref(tmp: str) -> str:
 
 
 def run_project(ref, frame, params, steps, tmp) -> StepTimer:
-    from transformers import DataCollatorWithFlattening
-
-    from mift_kedro.pipelines.training.trainer import CompletionOnlyTrainer
+    from mift_kedro.pipelines.training.trainer import (
+        CompletionOnlyTrainer,
+        packed_collator,
+        register_packed_attention,
+    )
 
     tokenizer = models.load_tokenizer(ref)
     examples, _ = nodes.build_examples(tokenizer, frame, params.max_length, params.overlong)
-    model = nodes.add_lora(models.load_causal_lm(ref, device="cpu"), params, SEED, False)
+    model = models.load_causal_lm(ref, device="cpu")
+    model.set_attn_implementation(register_packed_attention())
+    model = nodes.add_lora(model, params, SEED, False)
     args = nodes.training_arguments(params, Path(tmp) / "project", SEED, "cpu", False)
     args.max_steps, args.save_strategy, args.train_sampling_strategy = steps, "no", "sequential"
     timer = StepTimer()
@@ -121,7 +125,7 @@ def run_project(ref, frame, params, steps, tmp) -> StepTimer:
 
     trainer = CompletionOnlyTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(examples),
-        data_collator=DataCollatorWithFlattening(), callbacks=[timer],
+        data_collator=packed_collator(), callbacks=[timer],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()

@@ -15,7 +15,12 @@ from mift_kedro import chat, config, models
 from mift_kedro.datasets import AdapterDataset, BaseModelDataset
 from mift_kedro.pipelines.training import create_pipeline, nodes
 from mift_kedro.pipelines.training.params import TrainingParams, training_params
-from mift_kedro.pipelines.training.trainer import CompletionOnlyTrainer, StopAfterStep
+from mift_kedro.pipelines.training.trainer import (
+    CompletionOnlyTrainer,
+    StopAfterStep,
+    packed_collator,
+    register_packed_attention,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONVERTED = PROJECT_ROOT / "data" / "06_models" / "base_model"
@@ -124,9 +129,10 @@ def test_loss_is_the_mean_over_response_tokens_only(tiny_model_dir):
         total, count = total + out.loss.item() * n, count + n
     assert loss.item() == pytest.approx(total / count, rel=1e-5)
 
-    # Changing the prompt's labels to -100 vs response: a prompt token never enters the loss
-    for ex in examples:
-        assert ex["labels"][0] == -100
+    # The same with attention computed per example (the pipeline's packed attention)
+    model.set_attn_implementation(register_packed_attention())
+    packed = trainer.compute_loss(model, dict(packed_collator()(examples)))
+    assert packed.item() == pytest.approx(total / count, rel=1e-5)
 
 
 # --- training, adapters, resuming --------------------------------------------------------------

@@ -165,13 +165,15 @@ def train_adapter(
     process save. A rerun with the same parameters and data resumes from the last checkpoint.
     """
     from datasets import Dataset
-    from transformers import DataCollatorWithFlattening, PrinterCallback
+    from transformers import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     from mift_kedro.pipelines.training.distributed import distributed_state
     from mift_kedro.pipelines.training.trainer import (
         CompletionOnlyTrainer,
         TrainingProgress,
+        packed_collator,
+        register_packed_attention,
         set_threads,
     )
 
@@ -204,6 +206,7 @@ def train_adapter(
 
     # 3. Model: base (fp32 on CPU, 4-bit NF4 for QLoRA) plus a seeded LoRA adapter
     model = models.load_causal_lm(base_model, params.quantization, device)
+    model.set_attn_implementation(register_packed_attention())  # attention per example
     model = add_lora(model, params, seed, gradient_checkpointing)
 
     # 4. Trainer: padding-free batches, loss on response tokens only
@@ -211,7 +214,7 @@ def train_adapter(
         model=model,
         args=training_arguments(params, output_dir, seed, device, gradient_checkpointing),
         train_dataset=dataset,
-        data_collator=DataCollatorWithFlattening(),
+        data_collator=packed_collator(),
         processing_class=tokenizer,
         callbacks=[TrainingProgress(spec.display_name), *(callbacks or [])],
     )
@@ -241,6 +244,7 @@ def train_adapter(
         metrics["tokens_seen"], metrics["tokens_per_s"],
     )
     adapter = trainer.model
+    adapter.get_base_model().set_attn_implementation("sdpa")  # for generation with padding
     adapter.eval()
     return adapter, metrics
 
