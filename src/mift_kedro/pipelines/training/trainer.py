@@ -144,7 +144,8 @@ def set_threads(threads: int | str | None) -> int:
     if threads == "auto":
         cores = os.cpu_count() or 1
         busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        threads = max(1, min(cores, cores - busy))
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # DDP ranks on this host
+        threads = max(1, min(cores, cores - busy) // local_processes)
     if threads:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
