@@ -1,0 +1,119 @@
+"""The forgetting curve: how in-domain and general skill move with the share of general
+instructions in a fixed training budget (issue: mixing-ratio sweep).
+
+Pure functions of the ``metrics`` table and the ``variants`` parameters; every variant is a
+point at its Alpaca fraction, the base model a horizontal reference line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+#: (eval_set, metric) pairs on the curve: in-domain skill, then general skill.
+DEFAULT_CURVE_METRICS = [
+    ("sentiment", "accuracy"),
+    ("sentiment", "macro_f1"),
+    ("out_of_sample", "rougeL"),
+    ("out_of_sample", "bertscore_f1"),
+    ("alpaca", "rougeL"),
+    ("alpaca", "bertscore_f1"),
+]
+CURVE_COLUMNS = [
+    "eval_set", "metric", "model", "display_name", "alpaca_fraction",
+    "value", "ci_low", "ci_high", "base_value", "base_ci_low", "base_ci_high",
+]
+
+
+def _pairs(curve_metrics: list[Any] | None) -> list[tuple[str, str]]:
+    if not curve_metrics:
+        return DEFAULT_CURVE_METRICS
+    return [(str(p["eval_set"]), str(p["metric"])) if isinstance(p, dict) else tuple(p) for p in curve_metrics]
+
+
+def forgetting_curve(
+    metrics: pd.DataFrame,
+    variants: dict[str, dict[str, Any]],
+    curve_metrics: list[Any] | None = None,
+    base_model: str = "base",
+) -> pd.DataFrame:
+    """One row per (eval_set, metric, variant): its Alpaca fraction, value and 95% CI, and the
+    base model's value and CI for the same metric; sorted by the fraction."""
+    rows = []
+    indexed = metrics.set_index(["eval_set", "metric", "model"])
+    for eval_set, metric in _pairs(curve_metrics):
+        if (eval_set, metric, base_model) not in indexed.index:
+            continue  # e.g. an evaluation set this run did not score
+        base = indexed.loc[(eval_set, metric, base_model)]
+        for name, spec in variants.items():
+            if (eval_set, metric, name) not in indexed.index:
+                continue
+            point = indexed.loc[(eval_set, metric, name)]
+            rows.append(
+                {
+                    "eval_set": eval_set, "metric": metric, "model": name,
+                    "display_name": spec.get("display_name", name),
+                    "alpaca_fraction": float(spec.get("mix", {}).get("alpaca", 0.0)),
+                    "value": point["value"], "ci_low": point["ci_low"], "ci_high": point["ci_high"],
+                    "base_value": base["value"], "base_ci_low": base["ci_low"], "base_ci_high": base["ci_high"],
+                }
+            )
+    curve = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    return curve.sort_values(["eval_set", "metric", "alpaca_fraction"], kind="stable").reset_index(drop=True)
+
+
+def forgetting_curve_markdown(curve: pd.DataFrame) -> str:
+    """The curve as a table: one row per variant (by Alpaca fraction), one column per metric."""
+    if curve.empty:
+        return "_No forgetting curve: no variant was scored._\n"
+    cell = curve.assign(
+        key=curve["eval_set"] + " " + curve["metric"],
+        text=curve.apply(lambda r: f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", axis=1),
+    )
+    table = cell.pivot_table(index=["alpaca_fraction", "display_name"], columns="key", values="text", aggfunc="first")
+    keys = list(dict.fromkeys(cell["key"]))
+    base = cell.drop_duplicates("key").set_index("key")
+    lines = [
+        "| Alpaca fraction | model | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+        "| — | base | " + " | ".join(f"{base.loc[k, 'base_value']:.3f} [{base.loc[k, 'base_ci_low']:.3f}, {base.loc[k, 'base_ci_high']:.3f}]" for k in keys) + " |",
+    ]
+    for (fraction, name), row in table.iterrows():
+        lines.append(f"| {fraction:.2f} | {name} | " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_forgetting_curve(curve: pd.DataFrame):
+    """One panel per metric: the variants' values with 95% CI error bars against the Alpaca
+    fraction, the base model as a horizontal line with its CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(zip(curve["eval_set"], curve["metric"]))) or [("", "")]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (eval_set, metric) in zip(axes.flat, panels):
+        part = curve[(curve["eval_set"] == eval_set) & (curve["metric"] == metric)]
+        if part.empty:
+            continue
+        ax.errorbar(
+            part["alpaca_fraction"], part["value"],
+            yerr=[part["value"] - part["ci_low"], part["ci_high"] - part["value"]],
+            marker="o", capsize=3, label="fine-tuned",
+        )
+        base = part.iloc[0]
+        ax.axhline(base["base_value"], color="grey", linestyle="--", label="base model")
+        ax.axhspan(base["base_ci_low"], base["base_ci_high"], color="grey", alpha=0.15)
+        ax.set_title(f"{eval_set}: {metric}")
+        ax.set_xlabel("Alpaca fraction of the training budget")
+        ax.set_xlim(-0.05, 1.05)
+    axes.flat[0].legend(loc="best", fontsize="small")
+    fig.suptitle("Forgetting curve (95% bootstrap CIs)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,47 @@
+"""The forgetting curve from a metrics table: one point per variant per metric, base line."""
+
+import pandas as pd
+
+from mift_kedro.pipelines.reporting.sweep import (
+    forgetting_curve,
+    forgetting_curve_markdown,
+    plot_forgetting_curve,
+)
+
+VARIANTS = {
+    f"alpaca_{int(f * 100)}": {"display_name": f"FT-{int(f * 100)}%", "mix": {"sentiment": 1 - f, "alpaca": f}}
+    for f in (0.0, 0.25, 0.5, 0.75, 1.0)
+}
+VARIANTS["alpaca_0"]["mix"] = {"sentiment": 1.0}  # an absent source counts as fraction 0
+
+
+def _metrics() -> pd.DataFrame:
+    rows = []
+    for eval_set, metric in [("sentiment", "accuracy"), ("sentiment", "macro_f1"), ("alpaca", "rougeL"), ("alpaca", "bleu")]:
+        for i, model in enumerate(["base", *VARIANTS]):
+            value = 0.5 + 0.05 * i
+            rows.append({"eval_set": eval_set, "metric": metric, "model": model, "display_name": model,
+                         "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_one_point_per_variant_per_metric():
+    curve = forgetting_curve(_metrics(), VARIANTS)
+    # out_of_sample metrics are absent from this table: skipped, not invented
+    assert set(zip(curve["eval_set"], curve["metric"])) == {("sentiment", "accuracy"), ("sentiment", "macro_f1"), ("alpaca", "rougeL")}
+    assert len(curve) == 3 * len(VARIANTS)
+    accuracy = curve[curve["metric"] == "accuracy"]
+    assert accuracy["alpaca_fraction"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (accuracy["base_value"] == 0.5).all()
+    assert accuracy["value"].tolist() == [0.55, 0.6, 0.65, 0.7, 0.75]
+
+
+def test_markdown_and_plot():
+    curve = forgetting_curve(_metrics(), VARIANTS, [{"eval_set": "sentiment", "metric": "accuracy"}])
+    table = forgetting_curve_markdown(curve)
+    assert table.count("\n") == 2 + 1 + len(VARIANTS)
+    assert "| 0.25 | FT-25% | 0.600 [0.500, 0.700] |" in table
+    figure = plot_forgetting_curve(curve)
+    axis = figure.axes[0]
+    assert axis.get_title() == "sentiment: accuracy"
+    assert len(axis.lines) >= 2  # the variants' curve and the base model line
