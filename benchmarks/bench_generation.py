@@ -13,6 +13,7 @@ training pipeline has converted it, else the embedded GGUF is converted into a t
 directory (~40 s, not timed).
 """
 
+# ruff: noqa: T201  (a command-line benchmark prints its results)
 from __future__ import annotations
 
 import argparse
