@@ -251,8 +251,14 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     figure = nodes.plot_metrics(metrics, "alpaca")
     assert len(figure.axes[0].patches) == 3 * 5  # 3 models x 5 metrics
 
-    html = nodes.build_report(metrics, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
+    variants = {"custom_only": {"display_name": "FT-CustomOnly", "mix": {"sentiment": 1.0}},
+                "both_instructions": {"display_name": "FT-BothInstruction", "mix": {"sentiment": 0.5, "alpaca": 0.5}}}
+    curve, curve_md, curve_plot = nodes.build_forgetting_curve(metrics, variants, PARAMS)
+    assert set(curve["alpaca_fraction"]) == {0.0, 0.5}
+    assert "| 0.50 | FT-BothInstruction |" in curve_md
+    html = nodes.build_report(metrics, curve, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
     assert html.count("<img alt='metrics for") == 3
+    assert "Forgetting curve" in html and "<img alt='forgetting curve'" in html
     for title in ("Table A", "Table B", "Table C", "Run parameters", "Example predictions"):
         assert title in html
     assert html.count("<table class='ex'>") == 3

@@ -14,6 +14,7 @@ import pandas as pd
 from mift_kedro.config import EVAL_SETS
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
+from mift_kedro.pipelines.reporting import sweep as S
 from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
 from mift_kedro.pipelines.reporting.params import reporting_params
 
@@ -286,7 +287,15 @@ def plot_metrics(metrics: pd.DataFrame, eval_set: str):
 
 
 def build_report(
-    metrics: pd.DataFrame, parameters: dict[str, Any], *predictions: pd.DataFrame
+    metrics: pd.DataFrame, curve: pd.DataFrame, parameters: dict[str, Any], *predictions: pd.DataFrame
 ) -> str:
     frame = pd.concat(predictions, ignore_index=True)
-    return R.render_report(metrics, frame, parameters)
+    return R.render_report(metrics, frame, parameters, curve)
+
+
+def build_forgetting_curve(
+    metrics: pd.DataFrame, variants: dict[str, Any], reporting: dict[str, Any]
+) -> tuple[pd.DataFrame, str, Any]:
+    """The forgetting curve over the declared variants: table (CSV and Markdown) and plot."""
+    curve = S.forgetting_curve(metrics, variants, reporting.get("forgetting_curve_metrics"))
+    return curve, S.forgetting_curve_markdown(curve), S.plot_forgetting_curve(curve)

@@ -42,6 +42,11 @@ class BootstrapParams(_Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
+class CurveMetric(_Strict):
+    eval_set: Literal["sentiment", "out_of_sample", "alpaca"]
+    metric: Literal["accuracy", "macro_f1", "invalid_rate", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1"]
+
+
 class ReportingParams(_Strict):
     base_display_name: str = Field(default="Base", min_length=1)
     batch_size: PositiveInt = 16
@@ -56,6 +61,9 @@ class ReportingParams(_Strict):
     bertscore: BertScoreParams = Field(default_factory=BertScoreParams)
     bootstrap: BootstrapParams = Field(default_factory=BootstrapParams)
     examples_per_set: PositiveInt = 5
+    forgetting_curve_metrics: list[CurveMetric] | None = Field(
+        default=None, description="(eval_set, metric) pairs of the forgetting curve; None: the default six"
+    )
 
     @field_validator("max_new_tokens")
     @classmethod

@@ -87,8 +87,14 @@ def _shared_nodes(models: list[str]) -> Pipeline:
             name="compute_metrics",
         ),
         Node(
+            nodes.build_forgetting_curve,
+            ["metrics", "params:variants", "params:reporting"],
+            ["forgetting_curve", "forgetting_curve_md", "plot_forgetting_curve"],
+            name="build_forgetting_curve",
+        ),
+        Node(
             nodes.build_report,
-            ["metrics", "parameters", *predictions],
+            ["metrics", "forgetting_curve", "parameters", *predictions],
             "report",
             name="build_report",
         ),

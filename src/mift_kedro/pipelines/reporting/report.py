@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mift_kedro.pipelines.reporting.sweep import curve_table, plot_forgetting_curve
+
 #: The study's tables: (A) sentiment, (B) out-of-sample instructions, (C) Alpaca.
 TABLES = {"sentiment": "A", "out_of_sample": "B", "alpaca": "C"}
 TITLES = {
@@ -199,7 +201,10 @@ def _html_table(header: list[str], rows: list[list[str]], numeric_from: int = 1)
 
 
 def render_report(
-    metrics: pd.DataFrame, predictions: pd.DataFrame, parameters: dict[str, Any]
+    metrics: pd.DataFrame,
+    predictions: pd.DataFrame,
+    parameters: dict[str, Any],
+    curve: pd.DataFrame | None = None,
 ) -> str:
     """One self-contained HTML page: tables, plots (inline PNG), parameters, examples."""
     reporting = (parameters or {}).get("reporting") or {}
@@ -218,6 +223,7 @@ def render_report(
         "p-value (same resampled examples for all models).</p>",
         "<h2>Contents</h2><ul>"
         + "".join(f"<li><a href='#{s}'>{html.escape(TITLES[s])}</a></li>" for s in TABLES if s in set(metrics["eval_set"]))
+        + ("<li><a href='#forgetting_curve'>Forgetting curve</a></li>" if curve is not None and not curve.empty else "")
         + "<li><a href='#examples'>Example predictions</a></li><li><a href='#parameters'>Run parameters</a></li></ul>",
     ]
     for eval_set in TABLES:
@@ -232,6 +238,15 @@ def render_report(
             _html_table(header, rows),
             f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
             f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
+        ]
+    if curve is not None and not curve.empty:
+        header, rows = curve_table(curve)
+        parts += [
+            "<h2 id='forgetting_curve'>Forgetting curve</h2>",
+            "<p>Each variant at the share of Alpaca examples in its training budget; cells: value "
+            "[95% CI]. The first row (and the dashed line) is the base model.</p>",
+            _html_table(header, rows, numeric_from=2),
+            f"<img alt='forgetting curve' src='data:image/png;base64,{_figure_png(plot_forgetting_curve(curve))}'>",
         ]
     parts.append("<h2 id='examples'>Example predictions</h2>")
     for eval_set in TABLES:

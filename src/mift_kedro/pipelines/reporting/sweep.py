@@ -63,24 +63,32 @@ def forgetting_curve(
     return curve.sort_values(["eval_set", "metric", "alpaca_fraction"], kind="stable").reset_index(drop=True)
 
 
+def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: the base model, then one row per variant by Alpaca fraction; one column
+    per metric, cells ``value [95% CI]``."""
+    keys = list(dict.fromkeys(curve["eval_set"] + " " + curve["metric"]))
+    header = ["Alpaca fraction", "model", *keys]
+    if curve.empty:
+        return header, []
+    cell = curve.assign(key=curve["eval_set"] + " " + curve["metric"])
+    base = cell.drop_duplicates("key").set_index("key")
+    rows = [["—", "base", *(f"{base.loc[k, 'base_value']:.3f} [{base.loc[k, 'base_ci_low']:.3f}, {base.loc[k, 'base_ci_high']:.3f}]" for k in keys)]]
+    for (fraction, name), part in cell.groupby(["alpaca_fraction", "display_name"], sort=True):
+        values = part.set_index("key")
+        rows.append([f"{fraction:.2f}", name, *(
+            f"{values.loc[k, 'value']:.3f} [{values.loc[k, 'ci_low']:.3f}, {values.loc[k, 'ci_high']:.3f}]" if k in values.index else ""
+            for k in keys
+        )])
+    return header, rows
+
+
 def forgetting_curve_markdown(curve: pd.DataFrame) -> str:
-    """The curve as a table: one row per variant (by Alpaca fraction), one column per metric."""
+    """The curve as a Markdown table (see :func:`curve_table`)."""
     if curve.empty:
         return "_No forgetting curve: no variant was scored._\n"
-    cell = curve.assign(
-        key=curve["eval_set"] + " " + curve["metric"],
-        text=curve.apply(lambda r: f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", axis=1),
-    )
-    table = cell.pivot_table(index=["alpaca_fraction", "display_name"], columns="key", values="text", aggfunc="first")
-    keys = list(dict.fromkeys(cell["key"]))
-    base = cell.drop_duplicates("key").set_index("key")
-    lines = [
-        "| Alpaca fraction | model | " + " | ".join(keys) + " |",
-        "|---|---|" + "---|" * len(keys),
-        "| — | base | " + " | ".join(f"{base.loc[k, 'base_value']:.3f} [{base.loc[k, 'base_ci_low']:.3f}, {base.loc[k, 'base_ci_high']:.3f}]" for k in keys) + " |",
-    ]
-    for (fraction, name), row in table.iterrows():
-        lines.append(f"| {fraction:.2f} | {name} | " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    header, rows = curve_table(curve)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
