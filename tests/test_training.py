@@ -199,6 +199,18 @@ def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, 
     assert fresh["resumed_from"] is None
 
 
+def test_rerun_of_a_trained_variant_does_not_train_again(tiny_model_dir, tmp_path, caplog):
+    """An interrupted sweep rerun: finished variants are reused from their final checkpoint."""
+    args = (str(tiny_model_dir), sentiment_rows(), VARIANT, tiny_training(tmp_path))
+    first, _ = nodes.train_adapter(*args, seed=2)
+    with caplog.at_level("INFO"):
+        again, metrics = nodes.train_adapter(*args, seed=2)
+    assert metrics["resumed_from"].endswith("checkpoint-4")  # the last step: nothing left to train
+    assert "already trained" in caplog.text
+    for key, value in lora_state(first).items():
+        torch.testing.assert_close(lora_state(again)[key], value)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_qlora_4bit_trains_and_reloads_on_cpu(tiny_model_dir, tmp_path):
     import bitsandbytes as bnb

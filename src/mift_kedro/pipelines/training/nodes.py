@@ -228,6 +228,12 @@ def train_adapter(
         params.lora.r, f", resuming from {resume_from}" if resume_from else "",
     )
 
+    if resume_from and int(Path(resume_from).name.rsplit("-", 1)[-1]) >= steps:
+        logger.info(
+            "[%s] already trained with these parameters and data (%s): reusing it without "
+            "training; delete %s to train it again", spec.display_name, resume_from, output_dir,
+        )
+
     # 5. Train
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
