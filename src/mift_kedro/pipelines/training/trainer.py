@@ -142,8 +142,12 @@ def set_threads(threads: int | str | None) -> int:
     2 threads on 2 busy cores, training ran 4-7x slower than with 1 thread.
     """
     if threads == "auto":
+        import psutil
+
         cores = os.cpu_count() or 1
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        # Cores busy right now, sampled while this process waits: unlike the load average, it
+        # does not count this process's own work of the last minute (data prep, generation).
+        busy = round(psutil.cpu_percent(interval=0.5) / 100 * cores)
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # DDP ranks on this host
         threads = max(1, min(cores, cores - busy) // local_processes)
     if threads:
