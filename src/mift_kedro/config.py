@@ -108,7 +108,8 @@ class ParameterError(ValueError):
     """A parameter is missing or wrong; the message names the key and the fix."""
 
 
-def _format(error: ValidationError, where: str) -> str:
+def format_validation_error(error: ValidationError, where: str) -> str:
+    """One line per invalid key, naming where the parameters live."""
     lines = [f"Invalid parameters in {where} (conf/<env>/parameters*.yml):"]
     for err in error.errors():
         key = ".".join(str(part) for part in err["loc"])
@@ -122,12 +123,12 @@ def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
     try:
         validated = DataEngineeringParams.model_validate({k: params.get(k) for k in de_keys})
     except ValidationError as exc:
-        raise ParameterError(_format(exc, "data engineering parameters")) from None
+        raise ParameterError(format_validation_error(exc, "data engineering parameters")) from None
     for block, model in PARAMETER_MODELS.items():
         try:
             model.model_validate(params.get(block))
         except ValidationError as exc:
-            raise ParameterError(_format(exc, f"`{block}`")) from None
+            raise ParameterError(format_validation_error(exc, f"`{block}`")) from None
     return validated
 
 
@@ -136,7 +137,7 @@ def variant_spec(spec: dict[str, Any]) -> VariantSpec:
     try:
         return VariantSpec.model_validate(spec)
     except ValidationError as exc:
-        raise ParameterError(_format(exc, "a variant")) from None
+        raise ParameterError(format_validation_error(exc, "a variant")) from None
 
 
 # --- the active configuration environment -------------------------------------------------

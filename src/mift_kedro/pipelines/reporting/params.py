@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from mift_kedro.config import EVAL_SETS, PARAMETER_MODELS, ParameterError, _format
+from mift_kedro.config import EVAL_SETS, PARAMETER_MODELS, ParameterError, format_validation_error
 
 
 class _Strict(BaseModel):
@@ -85,7 +85,7 @@ def reporting_params(raw: dict[str, Any] | ReportingParams) -> ReportingParams:
     try:
         return ReportingParams.model_validate(raw)
     except ValidationError as exc:
-        raise ParameterError(_format(exc, "`reporting`")) from None
+        raise ParameterError(format_validation_error(exc, "`reporting`")) from None
 
 
 PARAMETER_MODELS.setdefault("reporting", ReportingParams)

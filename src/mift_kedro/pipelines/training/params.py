@@ -75,14 +75,6 @@ class TrainingParams(_Strict):
         return self
 
 
-def _format(error: ValidationError, where: str) -> str:
-    lines = [f"Invalid parameters in {where} (conf/<env>/parameters*.yml):"]
-    for err in error.errors():
-        key = ".".join(str(part) for part in err["loc"])
-        lines.append(f"  - {key}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -99,14 +91,14 @@ def training_params(training: dict[str, Any], overrides: dict[str, Any] | None =
         return TrainingParams.model_validate(_merge(training or {}, overrides or {}))
     except ValidationError as exc:
         where = "`training` with the variant's `training` overrides" if overrides else "`training`"
-        raise config.ParameterError(_format(exc, where)) from None
+        raise config.ParameterError(config.format_validation_error(exc, where)) from None
 
 
 def base_model_params(base_model: dict[str, Any]) -> BaseModelParams:
     try:
         return BaseModelParams.model_validate(base_model)
     except ValidationError as exc:
-        raise config.ParameterError(_format(exc, "`base_model`")) from None
+        raise config.ParameterError(config.format_validation_error(exc, "`base_model`")) from None
 
 
 config.PARAMETER_MODELS.update({"base_model": BaseModelParams, "training": TrainingParams})
