@@ -259,7 +259,7 @@ def test_run_twice_keeps_both_versions(kedro_project):
     for variant in ("custom_only", "both_instructions"):
         versions = sorted((kedro_project / f"data/05_model_input/{variant}/training_set.jsonl").iterdir())
         assert len(versions) == 2
-        report = json.loads((kedro_project / f"data/05_model_input/{variant}/mix_report.json" / versions[-1].name / "mix_report.json").read_text())
+        report = json.loads((kedro_project / f"data/08_reporting/{variant}/mix_report.json" / versions[-1].name / "mix_report.json").read_text())
         assert report["examples"] == 256
     for eval_set in ("sentiment", "out_of_sample", "alpaca"):
         assert len(list((kedro_project / f"data/05_model_input/eval/{eval_set}.jsonl").iterdir())) == 2

@@ -118,17 +118,21 @@ def format_validation_error(error: ValidationError, where: str) -> str:
 
 
 def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
-    """Validate all parameter blocks; raise :class:`ParameterError` naming every problem."""
+    """Validate all parameter blocks; raise one :class:`ParameterError` naming every problem."""
+    problems = []
     de_keys = DataEngineeringParams.model_fields
+    validated = None
     try:
         validated = DataEngineeringParams.model_validate({k: params.get(k) for k in de_keys})
     except ValidationError as exc:
-        raise ParameterError(format_validation_error(exc, "data engineering parameters")) from None
+        problems.append(format_validation_error(exc, "data engineering parameters"))
     for block, model in PARAMETER_MODELS.items():
         try:
             model.model_validate(params.get(block))
         except ValidationError as exc:
-            raise ParameterError(format_validation_error(exc, f"`{block}`")) from None
+            problems.append(format_validation_error(exc, f"`{block}`"))
+    if problems:
+        raise ParameterError("\n".join(problems))
     return validated
 
 
