@@ -22,11 +22,13 @@ _active_loader: Any = None
 _active_env: str | None = None
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A parameter block: unknown keys are errors (a typo must not be ignored)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class VariantSpec(_Strict):
+class VariantSpec(StrictModel):
     """One training variant: what it mixes and how many examples it trains on."""
 
     display_name: str
@@ -51,7 +53,7 @@ class VariantSpec(_Strict):
         return mix
 
 
-class SentimentTemplate(_Strict):
+class SentimentTemplate(StrictModel):
     """How a tweet becomes the custom instruction."""
 
     instruction: str = Field(min_length=1)
@@ -65,15 +67,15 @@ class SentimentTemplate(_Strict):
         return labels
 
 
-class Templates(_Strict):
+class Templates(StrictModel):
     sentiment: SentimentTemplate
 
 
-class EvalSetSpec(_Strict):
+class EvalSetSpec(StrictModel):
     size: PositiveInt | None = Field(default=None, description="None keeps the whole set")
 
 
-class DataEngineeringParams(_Strict):
+class DataEngineeringParams(StrictModel):
     """The blocks the data_engineering pipeline reads."""
 
     seed: int

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from functools import partial, update_wrapper
-
 from kedro.pipeline import Node, Pipeline, pipeline
 
+from mift_kedro.pipelines import bind
 from mift_kedro.pipelines.data_engineering import nodes
-
-
-def _named(func, **kwargs):
-    return update_wrapper(partial(func, **kwargs), func)
 
 
 def _shared_pipeline() -> Pipeline:
     """Work done once for all variants: validation, templating, evaluation sets."""
     cleaning = [
         Node(
-            _named(nodes.clean_tweets, name=f"tweets[{split}]"),
+            bind(nodes.clean_tweets, name=f"tweets[{split}]"),
             f"tweets_raw_{split}",
             f"tweets_{split}_clean",
             name=f"clean_tweets_{split}",
@@ -25,7 +20,7 @@ def _shared_pipeline() -> Pipeline:
         for split in ("train", "validation", "test")
     ] + [
         Node(
-            _named(nodes.clean_alpaca, name=f"alpaca[{split}]"),
+            bind(nodes.clean_alpaca, name=f"alpaca[{split}]"),
             f"alpaca_raw_{split}",
             f"alpaca_{split}_clean",
             name=f"clean_alpaca_{split}",

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator
 
-from mift_kedro.config import EVAL_SETS, PARAMETER_MODELS, ParameterError, format_validation_error
+from mift_kedro.config import (
+    EVAL_SETS,
+    PARAMETER_MODELS,
+    ParameterError,
+    StrictModel,
+    format_validation_error,
+)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SamplingParams(_Strict):
+class SamplingParams(StrictModel):
     """Decoding settings; greedy unless ``do_sample`` is true."""
 
     do_sample: bool = False
@@ -27,7 +29,7 @@ class SamplingParams(_Strict):
     repetition_penalty: float = Field(default=1.0, gt=0)
 
 
-class BertScoreParams(_Strict):
+class BertScoreParams(StrictModel):
     model_type: str | None = Field(
         default=None, description="None: the embedded all-MiniLM-L6-v2; or e.g. roberta-large"
     )
@@ -37,17 +39,17 @@ class BertScoreParams(_Strict):
     rescale_with_baseline: bool = False
 
 
-class BootstrapParams(_Strict):
+class BootstrapParams(StrictModel):
     resamples: PositiveInt = 1000
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
-class CurveMetric(_Strict):
+class CurveMetric(StrictModel):
     eval_set: Literal["sentiment", "out_of_sample", "alpaca"]
     metric: Literal["accuracy", "macro_f1", "invalid_rate", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1"]
 
 
-class ReportingParams(_Strict):
+class ReportingParams(StrictModel):
     base_display_name: str = Field(default="Base", min_length=1)
     batch_size: PositiveInt = 16
     device: str | None = Field(default=None, description="None: cuda if available, else cpu")

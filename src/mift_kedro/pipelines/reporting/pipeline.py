@@ -8,20 +8,16 @@ under ``variants`` in parameters, each generating ``<model>.predictions``.
 from __future__ import annotations
 
 import warnings
-from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from mift_kedro.config import EVAL_SETS
+from mift_kedro.pipelines import bind
 from mift_kedro.pipelines.reporting import nodes
 from mift_kedro.pipelines.reporting.report import TABLES
 
 BASE = "base"
 EVAL_INPUTS = [f"eval_{s}" for s in EVAL_SETS]
-
-
-def _named(func, **kwargs):
-    return update_wrapper(partial(func, **kwargs), func)
 
 
 def _base_pipeline() -> Pipeline:
@@ -46,7 +42,7 @@ def _variant_pipeline(variant: str) -> Pipeline:
     return pipeline(
         [
             Node(
-                _named(nodes.generate_variant_predictions, model_name=variant),
+                bind(nodes.generate_variant_predictions, model_name=variant),
                 ["adapter", "base_model", *EVAL_INPUTS, "params:reporting", "params:seed",
                  "params:variant"],
                 "predictions",
@@ -102,13 +98,13 @@ def _shared_nodes(models: list[str]) -> Pipeline:
     for eval_set, letter in TABLES.items():
         nodes_ += [
             Node(
-                _named(nodes.build_table, eval_set=eval_set),
+                bind(nodes.build_table, eval_set=eval_set),
                 "metrics",
                 [f"table_{letter}_csv", f"table_{letter}_md"],
                 name=f"build_table_{letter}",
             ),
             Node(
-                _named(nodes.plot_metrics, eval_set=eval_set),
+                bind(nodes.plot_metrics, eval_set=eval_set),
                 "metrics",
                 f"plot_{eval_set}",
                 name=f"plot_{eval_set}",

@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
@@ -23,11 +21,7 @@ from pydantic import (
 from mift_kedro import config
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BaseModelParams(_Strict):
+class BaseModelParams(config.StrictModel):
     """Which chat model to fine-tune."""
 
     source: Literal["embedded", "hub", "local"] = Field(
@@ -36,14 +30,14 @@ class BaseModelParams(_Strict):
     name: str = Field(min_length=1, description="GGUF file name, Hub id or directory")
 
 
-class LoraParams(_Strict):
+class LoraParams(config.StrictModel):
     r: PositiveInt = 16
     alpha: PositiveFloat = 32
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class TrainingParams(_Strict):
+class TrainingParams(config.StrictModel):
     """How one variant is fine-tuned (QLoRA when ``quantization: 4bit``)."""
 
     quantization: Literal["none", "4bit"] = "none"
