@@ -210,6 +210,15 @@ def test_rerun_of_a_trained_variant_does_not_train_again(tiny_model_dir, tmp_pat
     for key, value in lora_state(first).items():
         torch.testing.assert_close(lora_state(again)[key], value)
 
+    # Forcing it (here for this one variant: `--params variants.<name>.training.retrain=true`)
+    # trains from step 0 in the same checkpoint directory.
+    forced = {**VARIANT, "training": {"retrain": True}}
+    with caplog.at_level("INFO"):
+        _, metrics_forced = nodes.train_adapter(args[0], args[1], forced, args[3], seed=2)
+    assert metrics_forced["resumed_from"] is None
+    assert metrics_forced["checkpoint_dir"] == metrics["checkpoint_dir"]
+    assert "starting afresh" in caplog.text
+
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_qlora_4bit_trains_and_reloads_on_cpu(tiny_model_dir, tmp_path):

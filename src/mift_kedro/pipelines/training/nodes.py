@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -198,10 +199,18 @@ def train_adapter(
     dataset = Dataset.from_list(examples)
 
     # 2. Checkpoints: one directory per (parameters, data, processes), so a rerun resumes
+    #    (`retrain` asks for a fresh run of the same configuration, so it is not part of the key)
     run_id = fingerprint(
-        params.model_dump(), spec.model_dump(), seed, base_model, training_set, state.num_processes
+        params.model_dump(exclude={"retrain"}),
+        {**spec.model_dump(), "training": {k: v for k, v in spec.training.items() if k != "retrain"}},
+        seed, base_model, training_set, state.num_processes,
     )
     output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
+    if params.retrain and output_dir.is_dir():
+        logger.info("[%s] retrain: true, starting afresh in %s", spec.display_name, output_dir)
+        if state.is_main_process:
+            shutil.rmtree(output_dir)
+        state.wait_for_everyone()
     resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
     # 3. Model: base (fp32 on CPU, 4-bit NF4 for QLoRA) plus a seeded LoRA adapter
@@ -231,7 +240,7 @@ def train_adapter(
     if resume_from and int(Path(resume_from).name.rsplit("-", 1)[-1]) >= steps:
         logger.info(
             "[%s] already trained with these parameters and data (%s): reusing it without "
-            "training; delete %s to train it again", spec.display_name, resume_from, output_dir,
+            "training (set training.retrain=true to train it again)", spec.display_name, resume_from,
         )
 
     # 5. Train

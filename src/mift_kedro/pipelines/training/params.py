@@ -58,6 +58,10 @@ class TrainingParams(config.StrictModel):
     )
     save_steps: PositiveInt = Field(default=10, description="checkpoint every this many steps")
     checkpoint_dir: str = "data/06_models/checkpoints"
+    retrain: bool = Field(
+        default=False,
+        description="train again even if these parameters and data already have a finished run",
+    )
     torch_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto", description="CPU threads; auto: the cores not busy; None: torch's default"
     )
