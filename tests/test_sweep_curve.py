@@ -45,3 +45,21 @@ def test_markdown_and_plot():
     axis = figure.axes[0]
     assert axis.get_title() == "sentiment: accuracy"
     assert len(axis.lines) >= 2  # the variants' curve and the base model line
+
+
+def test_curve_datasets_are_versioned_and_previewable_in_viz(kedro_project):
+    """The project's catalog keeps every run's curve and gives kedro-viz a table and an image."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    catalog = DataCatalog.from_config(OmegaConfigLoader(str(kedro_project / "conf"), base_env="base", default_run_env="local")["catalog"])
+    curve = forgetting_curve(_metrics(), VARIANTS)
+    for name, data in [("forgetting_curve", curve), ("forgetting_curve_md", forgetting_curve_markdown(curve)),
+                       ("plot_forgetting_curve", plot_forgetting_curve(curve))]:
+        dataset = catalog.get(name)
+        assert dataset._version is not None, f"{name} is not versioned"
+        catalog.save(name, data)
+    assert catalog.load("forgetting_curve")[["model", "value"]].equals(curve[["model", "value"]])
+    table = catalog.get("forgetting_curve").preview(nrows=20)
+    assert table["columns"][:3] == ["eval_set", "metric", "model"] and len(table["data"]) == 15
+    assert len(catalog.get("plot_forgetting_curve").preview()) > 1000  # a base64 PNG
