@@ -13,27 +13,32 @@ VARIANTS = {
     for f in (0.0, 0.25, 0.5, 0.75, 1.0)
 }
 VARIANTS["alpaca_0"]["mix"] = {"sentiment": 1.0}  # an absent source counts as fraction 0
+BY_FRACTION = list(VARIANTS)
+VARIANTS = dict(reversed(VARIANTS.items()))  # declared in any order, drawn by fraction
 
 
 def _metrics() -> pd.DataFrame:
     rows = []
     for eval_set, metric in [("sentiment", "accuracy"), ("sentiment", "macro_f1"), ("alpaca", "rougeL"), ("alpaca", "bleu")]:
-        for i, model in enumerate(["base", *VARIANTS]):
+        for i, model in enumerate(["base", *BY_FRACTION]):
             value = 0.5 + 0.05 * i
             rows.append({"eval_set": eval_set, "metric": metric, "model": model, "display_name": model,
-                         "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1})
+                         "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1,
+                         "delta_vs_base": value - 0.5, "p_value_vs_base": 0.5 / (i + 1)})
     return pd.DataFrame(rows)
 
 
 def test_one_point_per_variant_per_metric():
     curve = forgetting_curve(_metrics(), VARIANTS)
     # out_of_sample metrics are absent from this table: skipped, not invented
-    assert set(zip(curve["eval_set"], curve["metric"])) == {("sentiment", "accuracy"), ("sentiment", "macro_f1"), ("alpaca", "rougeL")}
+    # in the order of the curve's metrics: in-domain skill first
+    assert list(dict.fromkeys(zip(curve["eval_set"], curve["metric"]))) == [("sentiment", "accuracy"), ("sentiment", "macro_f1"), ("alpaca", "rougeL")]
     assert len(curve) == 3 * len(VARIANTS)
     accuracy = curve[curve["metric"] == "accuracy"]
     assert accuracy["alpaca_fraction"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert (accuracy["base_value"] == 0.5).all()
     assert accuracy["value"].tolist() == [0.55, 0.6, 0.65, 0.7, 0.75]
+    assert accuracy["p_value_vs_base"].tolist() == [0.5 / (i + 1) for i in range(1, 6)]
 
 
 def test_markdown_and_plot():

@@ -22,7 +22,8 @@ DEFAULT_CURVE_METRICS = [
 ]
 CURVE_COLUMNS = [
     "eval_set", "metric", "model", "display_name", "alpaca_fraction",
-    "value", "ci_low", "ci_high", "base_value", "base_ci_low", "base_ci_high",
+    "value", "ci_low", "ci_high", "delta_vs_base", "p_value_vs_base",
+    "base_value", "base_ci_low", "base_ci_high",
 ]
 
 
@@ -38,15 +39,16 @@ def forgetting_curve(
     curve_metrics: list[Any] | None = None,
     base_model: str = "base",
 ) -> pd.DataFrame:
-    """One row per (eval_set, metric, variant): its Alpaca fraction, value and 95% CI, and the
-    base model's value and CI for the same metric; sorted by the fraction."""
+    """One row per (eval_set, metric, variant): its Alpaca fraction, value and 95% CI, its paired
+    difference from the base model and p-value, and the base model's value and CI. Metrics in
+    the order asked for (in-domain first), variants by their fraction."""
     rows = []
     indexed = metrics.set_index(["eval_set", "metric", "model"])
     for eval_set, metric in _pairs(curve_metrics):
         if (eval_set, metric, base_model) not in indexed.index:
             continue  # e.g. an evaluation set this run did not score
         base = indexed.loc[(eval_set, metric, base_model)]
-        for name, spec in variants.items():
+        for name, spec in sorted(variants.items(), key=lambda item: _alpaca_fraction(item[1])):
             if (eval_set, metric, name) not in indexed.index:
                 continue
             point = indexed.loc[(eval_set, metric, name)]
@@ -54,13 +56,19 @@ def forgetting_curve(
                 {
                     "eval_set": eval_set, "metric": metric, "model": name,
                     "display_name": spec.get("display_name", name),
-                    "alpaca_fraction": float(spec.get("mix", {}).get("alpaca", 0.0)),
+                    "alpaca_fraction": _alpaca_fraction(spec),
                     "value": point["value"], "ci_low": point["ci_low"], "ci_high": point["ci_high"],
+                    # the paired comparison with the base model on the same items, when scored
+                    "delta_vs_base": point.get("delta_vs_base"),
+                    "p_value_vs_base": point.get("p_value_vs_base"),
                     "base_value": base["value"], "base_ci_low": base["ci_low"], "base_ci_high": base["ci_high"],
                 }
             )
-    curve = pd.DataFrame(rows, columns=CURVE_COLUMNS)
-    return curve.sort_values(["eval_set", "metric", "alpaca_fraction"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _alpaca_fraction(spec: dict[str, Any]) -> float:
+    return float(spec.get("mix", {}).get("alpaca", 0.0))
 
 
 def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
