@@ -269,6 +269,11 @@ def test_missing_embedded_package_names_the_pip_command(monkeypatch):
         nodes.prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF})
 
 
+def test_unknown_embedded_file_names_the_files_there():
+    with pytest.raises(models.ModelNotFoundError, match=models.EMBEDDED_GGUF.replace(".", r"\.")):
+        nodes.prepare_base_model({"source": "embedded", "name": "SmolLM2-1.7B.gguf"})
+
+
 def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypatch):
     calls = []
 

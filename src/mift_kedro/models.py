@@ -67,7 +67,7 @@ def _looks_local(ref: str) -> bool:
     )
 
 
-def _check_ref(ref: str, what: str) -> tuple[str, dict[str, Any]]:
+def _check_ref(ref: str, what: str) -> str:
     """Resolve ``ref`` to something ``from_pretrained`` can open, or raise naming the fix."""
     if not isinstance(ref, str) or not ref:
         raise ModelNotFoundError(f"{what}: expected a model directory or a Hub id, got {ref!r}")
@@ -80,12 +80,12 @@ def _check_ref(ref: str, what: str) -> tuple[str, dict[str, Any]]:
                 "default with `kedro run --pipeline training` (its node prepare_base_model "
                 "writes data/06_models/base_model)."
             )
-        return str(path), {}
+        return str(path)
     # A Hub id: use the local cache when it has the files, else check the Hub answers at once.
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(ref, "config.json"), str):
-        return ref, {}
+        return ref
     try:
         check_hub_reachable(
             f"{what} {ref!r}",
@@ -96,7 +96,7 @@ def _check_ref(ref: str, what: str) -> tuple[str, dict[str, Any]]:
         )
     except HubUnreachableError as exc:
         raise ModelNotFoundError(str(exc)) from None
-    return ref, {}
+    return ref
 
 
 def check_model_available(ref: str) -> None:
@@ -114,6 +114,18 @@ def embedded_model_folder() -> Path:
             f"`{EMBEDDED_INSTALL}` (its own dependencies are not needed)."
         )
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_gguf(gguf_file: str) -> Path:
+    """The package folder holding ``gguf_file``; raises naming the files it does have."""
+    folder = embedded_model_folder()
+    if not (folder / gguf_file).is_file():
+        available = sorted(p.name for p in folder.glob("*.gguf"))
+        raise ModelNotFoundError(
+            f"{gguf_file!r} is not in {folder} (it has {available}): set `base_model.name` to "
+            f"one of them, or reinstall with `{EMBEDDED_INSTALL}`."
+        )
+    return folder
 
 
 # --- device and precision -------------------------------------------------------------------
@@ -145,8 +157,8 @@ def load_tokenizer(ref: str) -> Any:
     """The tokenizer of ``ref``, with its chat template and a pad token (eos when it has none)."""
     from transformers import AutoTokenizer
 
-    ref, kwargs = _check_ref(ref, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+    ref = _check_ref(ref, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(ref)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
@@ -174,10 +186,9 @@ def load_causal_lm(ref: str, quantization: str = "none", device: str | None = No
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: use one of {list(QUANTIZATIONS)}")
-    ref, kwargs = _check_ref(ref, "model")
+    ref = _check_ref(ref, "model")
     device = device or default_device()
-    if quantization == "4bit":
-        kwargs["quantization_config"] = bnb_config(device)
+    kwargs = {"quantization_config": bnb_config(device)} if quantization == "4bit" else {}
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
         ref,
@@ -204,13 +215,7 @@ def convert_embedded(gguf_file: str, out_dir: str | Path) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = embedded_model_folder()
-    if not (folder / gguf_file).is_file():
-        available = sorted(p.name for p in folder.glob("*.gguf"))
-        raise ModelNotFoundError(
-            f"{gguf_file!r} is not in {folder} (it has {available}): set `base_model.name` to "
-            f"one of them, or reinstall with `{EMBEDDED_INSTALL}`."
-        )
+    folder = embedded_gguf(gguf_file)
     out_dir = Path(out_dir)
     start = time.perf_counter()
     logger.info("Converting the embedded model %s to safetensors in %s (once)...", gguf_file, out_dir)

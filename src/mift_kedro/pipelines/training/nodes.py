@@ -32,12 +32,7 @@ def prepare_base_model(base_model: dict[str, Any]) -> models.ModelSource:
     params = base_model_params(base_model)
     source = models.ModelSource(source=params.source, name=params.name)
     if params.source == "embedded":
-        folder = models.embedded_model_folder()
-        if not (folder / params.name).is_file():
-            raise models.ModelNotFoundError(
-                f"{params.name!r} is not in {folder}: set `base_model.name` to one of "
-                f"{sorted(p.name for p in folder.glob('*.gguf'))}."
-            )
+        models.embedded_gguf(params.name)
     else:
         models.check_model_available(params.name)
     return source
