@@ -256,6 +256,9 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     curve, curve_md, curve_plot = nodes.build_forgetting_curve(metrics, variants, PARAMS)
     assert set(curve["alpaca_fraction"]) == {0.0, 0.5}
     assert "| 0.50 | FT-BothInstruction |" in curve_md
+    chosen = {**PARAMS, "forgetting_curve_metrics": [{"eval_set": "alpaca", "metric": "bleu"}]}
+    only_bleu, _, _ = nodes.build_forgetting_curve(metrics, variants, chosen)
+    assert set(zip(only_bleu["eval_set"], only_bleu["metric"])) == {("alpaca", "bleu")} and len(only_bleu) == 2
     html = nodes.build_report(metrics, curve, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
     assert html.count("<img alt='metrics for") == 3
     assert "Forgetting curve" in html and "<img alt='forgetting curve'" in html

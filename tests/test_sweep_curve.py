@@ -42,7 +42,7 @@ def test_one_point_per_variant_per_metric():
 
 
 def test_markdown_and_plot():
-    curve = forgetting_curve(_metrics(), VARIANTS, [{"eval_set": "sentiment", "metric": "accuracy"}])
+    curve = forgetting_curve(_metrics(), VARIANTS, [("sentiment", "accuracy")])
     table = forgetting_curve_markdown(curve)
     assert table.count("\n") == 2 + 1 + len(VARIANTS)
     assert "| 0.25 | FT-25% | 0.600 [0.500, 0.700] |" in table

@@ -170,9 +170,11 @@ def generate(
             )
             new_tokens = output[:, width:].tolist()
             for r, i in enumerate(rows):
-                tokens = _until_stop(new_tokens[r], eos_ids)
-                answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                results[i] = Generation(texts[i], answer, len(encoded[i]), _spent(new_tokens[r], eos_ids))
+                tokens = new_tokens[r]
+                stop = _stop_index(tokens, eos_ids)
+                answer = tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+                # completion_tokens: what the model spent, the stop token included, padding not
+                results[i] = Generation(texts[i], answer, len(encoded[i]), min(stop + 1, len(tokens)))
             bar.update(len(rows))
     finally:
         bar.close()
@@ -199,16 +201,6 @@ def _prefix_cache(model: Any, prefix: list[int], device: torch.device) -> Any:
     return getattr(out, "cache", None) or out.past_key_values
 
 
-def _until_stop(tokens: list[int], eos_ids: list[int]) -> list[int]:
-    for k, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[:k]
-    return tokens
-
-
-def _spent(tokens: list[int], eos_ids: list[int]) -> int:
-    """Generated tokens including the stop token (padding after it is not counted)."""
-    for k, token in enumerate(tokens):
-        if token in eos_ids:
-            return k + 1
-    return len(tokens)
+def _stop_index(tokens: list[int], eos_ids: list[int]) -> int:
+    """Position of the first end-of-turn token, or ``len(tokens)`` when the row never stopped."""
+    return next((k for k, token in enumerate(tokens) if token in eos_ids), len(tokens))

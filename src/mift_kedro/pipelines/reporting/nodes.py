@@ -54,7 +54,6 @@ def predict(
     import torch
 
     cfg = reporting_params(params)
-    rows = []
     threads = torch.get_num_threads()
     if model_device(model).type == "cpu":
         torch.set_num_threads(pick_num_threads(cfg.num_threads))
@@ -297,5 +296,6 @@ def build_forgetting_curve(
     metrics: pd.DataFrame, variants: dict[str, Any], reporting: dict[str, Any]
 ) -> tuple[pd.DataFrame, str, Any]:
     """The forgetting curve over the declared variants: table (CSV and Markdown) and plot."""
-    curve = S.forgetting_curve(metrics, variants, reporting.get("forgetting_curve_metrics"))
+    pairs = reporting_params(reporting).forgetting_curve_metrics
+    curve = S.forgetting_curve(metrics, variants, pairs and [(p.eval_set, p.metric) for p in pairs])
     return curve, S.forgetting_curve_markdown(curve), S.plot_forgetting_curve(curve)

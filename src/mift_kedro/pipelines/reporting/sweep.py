@@ -27,16 +27,10 @@ CURVE_COLUMNS = [
 ]
 
 
-def _pairs(curve_metrics: list[Any] | None) -> list[tuple[str, str]]:
-    if not curve_metrics:
-        return DEFAULT_CURVE_METRICS
-    return [(str(p["eval_set"]), str(p["metric"])) if isinstance(p, dict) else tuple(p) for p in curve_metrics]
-
-
 def forgetting_curve(
     metrics: pd.DataFrame,
     variants: dict[str, dict[str, Any]],
-    curve_metrics: list[Any] | None = None,
+    curve_metrics: list[tuple[str, str]] | None = None,
     base_model: str = "base",
 ) -> pd.DataFrame:
     """One row per (eval_set, metric, variant): its Alpaca fraction, value and 95% CI, its paired
@@ -44,7 +38,7 @@ def forgetting_curve(
     the order asked for (in-domain first), variants by their fraction."""
     rows = []
     indexed = metrics.set_index(["eval_set", "metric", "model"])
-    for eval_set, metric in _pairs(curve_metrics):
+    for eval_set, metric in curve_metrics or DEFAULT_CURVE_METRICS:
         if (eval_set, metric, base_model) not in indexed.index:
             continue  # e.g. an evaluation set this run did not score
         base = indexed.loc[(eval_set, metric, base_model)]
