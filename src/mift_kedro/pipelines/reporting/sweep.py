@@ -74,14 +74,16 @@ def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         return header, []
     cell = curve.assign(key=curve["eval_set"] + " " + curve["metric"])
     base = cell.drop_duplicates("key").set_index("key")
-    rows = [["—", "base", *(f"{base.loc[k, 'base_value']:.3f} [{base.loc[k, 'base_ci_low']:.3f}, {base.loc[k, 'base_ci_high']:.3f}]" for k in keys)]]
+    rows = [["—", "base", *(_interval(base.loc[k], "base_") for k in keys)]]
     for (fraction, name), part in cell.groupby(["alpaca_fraction", "display_name"], sort=True):
         values = part.set_index("key")
-        rows.append([f"{fraction:.2f}", name, *(
-            f"{values.loc[k, 'value']:.3f} [{values.loc[k, 'ci_low']:.3f}, {values.loc[k, 'ci_high']:.3f}]" if k in values.index else ""
-            for k in keys
-        )])
+        rows.append([f"{fraction:.2f}", name, *(_interval(values.loc[k]) if k in values.index else "" for k in keys)])
     return header, rows
+
+
+def _interval(point: pd.Series, prefix: str = "") -> str:
+    """``value [ci_low, ci_high]`` of a curve row (``prefix="base_"``: the base model's)."""
+    return f"{point[prefix + 'value']:.3f} [{point[prefix + 'ci_low']:.3f}, {point[prefix + 'ci_high']:.3f}]"
 
 
 def forgetting_curve_markdown(curve: pd.DataFrame) -> str:

@@ -232,7 +232,7 @@ def train_adapter(
         params.lora.r, f", resuming from {resume_from}" if resume_from else "",
     )
 
-    if resume_from and int(Path(resume_from).name.rsplit("-", 1)[-1]) >= steps:
+    if resume_from and checkpoint_step(resume_from) >= steps:
         logger.info(
             "[%s] already trained with these parameters and data (%s): reusing it without "
             "training (set training.retrain=true to train it again)", spec.display_name, resume_from,
@@ -264,6 +264,11 @@ def spec_name(spec: Any) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in spec.display_name)
 
 
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a Trainer checkpoint directory (``checkpoint-<step>``) was saved at."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
 def _steps(trainer: Any, num_examples: int) -> int:
     import math
 
@@ -291,7 +296,7 @@ def training_metrics(
     resumed_from = context.pop("resumed_from")
     tokens_before = 0
     if resumed_from:
-        done = int(Path(resumed_from).name.split("-")[-1])
+        done = checkpoint_step(resumed_from)
         tokens_before = next((r["tokens_seen"] for r in history if r["step"] == done), 0) or 0
     tokens_this_run = state.num_input_tokens_seen - tokens_before
     return {
