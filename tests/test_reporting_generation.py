@@ -9,6 +9,7 @@ import torch
 from mift_kedro.chat import render_prompt, tokenize_prompt, user_message
 from mift_kedro.pipelines.reporting import nodes
 from mift_kedro.pipelines.reporting.generation import generate, generation_kwargs
+from tests.conftest import tiny_llama
 
 PROMPTS = [
     user_message("Classify the sentiment.", "I love it"),
@@ -21,17 +22,10 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny_model(embedded_tokenizer_dir):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(tokenizer, 48).eval()
     # A few prompts should end early: make the end-of-turn token likely after some tokens.
     with torch.no_grad():
         model.lm_head.weight[tokenizer.eos_token_id] *= 3.0

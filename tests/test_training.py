@@ -21,30 +21,17 @@ from mift_kedro.pipelines.training.trainer import (
     packed_collator,
     register_packed_attention,
 )
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONVERTED = PROJECT_ROOT / "data" / "06_models" / "base_model"
+from tests.conftest import PROJECT_ROOT, tiny_llama
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def tiny_model_dir(tmp_path_factory, embedded_tokenizer_dir) -> Path:
     """A 2-layer random Llama (hidden 32) with the embedded SmolLM2 tokenizer and template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    if (CONVERTED / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(CONVERTED)
-    else:
-        folder = models.embedded_model_folder()
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=models.EMBEDDED_GGUF)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
     out = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    tiny_llama(tokenizer, 32, tie_word_embeddings=True).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
