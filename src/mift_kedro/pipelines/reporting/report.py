@@ -55,6 +55,12 @@ def _subset(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
     return subset
 
 
+def _row(subset: pd.DataFrame, model: str, metric: str) -> pd.Series | None:
+    """The metrics row of one model and metric, or None when that model has no such metric."""
+    hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
+    return None if hit.empty else hit.iloc[0]
+
+
 def _metric_order(subset: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(subset["metric"]))
     return [m for m in METRIC_LABELS if m in present] + [m for m in present if m not in METRIC_LABELS]
@@ -67,10 +73,9 @@ def table_frame(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
     for metric in _metric_order(subset):
         row: dict[str, Any] = {"metric": metric, "n": int(subset["n"].iloc[0])}
         for model, display in _models(subset):
-            hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
-            if hit.empty:
+            r = _row(subset, model, metric)
+            if r is None:
                 continue
-            r = hit.iloc[0]
             row[display] = r["value"]
             row[f"{display} ci_low"] = r["ci_low"]
             row[f"{display} ci_high"] = r["ci_high"]
@@ -104,8 +109,8 @@ def table_rows(metrics: pd.DataFrame, eval_set: str) -> tuple[list[str], list[li
     for metric in _metric_order(subset):
         row = [METRIC_LABELS.get(metric, metric)]
         for model, _ in models:
-            hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
-            row.append(_cell(hit.iloc[0], metric, model == "base") if not hit.empty else "")
+            r = _row(subset, model, metric)
+            row.append(_cell(r, metric, model == "base") if r is not None else "")
         rows.append(row)
     return header, rows
 
@@ -142,9 +147,8 @@ def metric_figure(metrics: pd.DataFrame, eval_set: str):
     for j, (model, display) in enumerate(models):
         vals, lows, highs = [], [], []
         for metric in order:
-            hit = subset[(subset["model"] == model) & (subset["metric"] == metric)]
             scale = 100.0 if metric == "bleu" else 1.0
-            r = hit.iloc[0] if not hit.empty else None
+            r = _row(subset, model, metric)
             v = np.nan if r is None else r["value"] / scale
             lo = np.nan if r is None else r["ci_low"] / scale
             hi = np.nan if r is None else r["ci_high"] / scale
