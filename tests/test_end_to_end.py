@@ -27,7 +27,7 @@ def _tiny_parameters() -> dict:
     for spec in params["variants"].values():
         spec["budget"] = 8
     params["eval_sets"] = {"sentiment": {"size": 4}, "out_of_sample": {"size": None}, "alpaca": {"size": 2}}
-    params["training"].update({"max_steps": 2, "batch_size": 4, "save_steps": 100})
+    params["training"].update({"max_steps": 2, "effective_batch_size": 4, "batch_size": 4, "save_steps": 100})
     params["reporting"].update({"limit": 3, "max_new_tokens": {"sentiment": 3, "out_of_sample": 8, "alpaca": 8}})
     params["reporting"]["bootstrap"]["resamples"] = 100
     return params

@@ -58,7 +58,7 @@ VARIANT = {"display_name": "FT-Test", "budget": 16, "mix": {"sentiment": 1.0}}
 def tiny_training(tmp_path: Path, **overrides) -> dict:
     training = {
         "quantization": "none", "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
-        "max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128,
+        "max_steps": 4, "effective_batch_size": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128,
         "save_steps": 2, "checkpoint_dir": str(tmp_path / "checkpoints"), "torch_threads": 1,
     }
     return training_params(training, overrides).model_dump()
@@ -291,6 +291,71 @@ def test_bad_training_parameters_are_rejected_with_the_key():
     assert training_params({"lora": {"r": 8}}, {"lora": {"alpha": 4}}).lora.r == 8
     assert config.PARAMETER_MODELS["training"] is TrainingParams
     assert "base_model" in config.PARAMETER_MODELS
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3, 4, 6, 8])
+def test_effective_batch_is_kept_whatever_the_process_count(processes):
+    """The llama2 setting: 48 sequences per step, micro-batches of at most 4 per GPU."""
+    params = training_params({"effective_batch_size": 48, "batch_size": 4})
+    plan = nodes.batch_plan(params, processes)
+    assert plan.num_processes * plan.per_process_batch_size * plan.gradient_accumulation_steps == 48
+    assert plan.effective_batch_size == 48 and plan.per_process_batch_size <= 4
+    expected = {1: (4, 12), 2: (4, 6), 3: (4, 4), 4: (4, 3), 6: (4, 2), 8: (3, 2)}[processes]
+    assert (plan.per_process_batch_size, plan.gradient_accumulation_steps) == expected
+
+
+def test_demo_batches_are_unchanged_on_one_process():
+    """Demo defaults: one process, 8 sequences per step, no accumulation (as before)."""
+    import yaml
+
+    conf = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())
+    plan = nodes.batch_plan(training_params(conf["training"]), 1)
+    assert plan == nodes.BatchPlan(8, 1, 8, 1)
+    args = nodes.training_arguments(training_params(conf["training"]), Path("unused"), 0, "cpu", False)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 1)
+
+
+def test_process_count_that_cannot_split_the_batch_names_the_fix():
+    params = training_params({"effective_batch_size": 48, "batch_size": 4})
+    with pytest.raises(config.ParameterError) as error:
+        nodes.batch_plan(params, 5)
+    message = str(error.value)
+    assert "training.effective_batch_size=48" in message and "5 processes" in message
+    assert "45 or 50" in message and "--num_processes" in message and "[1, 2, 3, 4, 6, 8, 12, 16, 24, 48]" in message
+    with pytest.raises(config.ParameterError, match="effective_batch_size"):
+        training_params({"gradient_accumulation_steps": 4})  # derived now, not a setting
+
+
+def test_more_processes_than_gpus_is_an_error_naming_num_processes(monkeypatch):
+    from mift_kedro.pipelines.training import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(RuntimeError, match="has 3 GPU.*--num_processes 3"):
+        distributed.distributed_state()
+
+
+def test_accelerate_config_takes_the_process_count_from_the_command_line():
+    """accelerate's own launcher check on the project's config: no fixed count in it."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    config_file = str(PROJECT_ROOT / "conf/llama2/accelerate_multi_gpu.yaml")
+
+    def launch(*options: str):
+        args = launch_command_parser().parse_args(
+            ["--config_file", config_file, *options, "-m", "mift_kedro", "--env", "llama2"]
+        )
+        return _validate_launch_command(args)[0]
+
+    with pytest.raises(ValueError, match="--num_processes"):
+        launch()
+    for count in (1, 3, 8):
+        args = launch("--num_processes", str(count))
+        assert (args.num_processes, args.num_machines, args.multi_gpu) == (count, 1, True)
+    args = launch("--num_processes", "16", "--num_machines", "2", "--machine_rank", "1",
+                  "--main_process_ip", "10.0.0.1", "--main_process_port", "29500")
+    assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (
+        16, 2, 1, "10.0.0.1")
 
 
 def test_project_training_parameters_are_valid():

@@ -29,6 +29,13 @@ def distributed_state() -> Any:
     import torch
     from accelerate import PartialState
 
+    gpus, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if gpus and local > gpus:
+        raise RuntimeError(
+            f"{local} processes were launched on this machine, which has {gpus} GPU(s): a rank "
+            f"would ask for a GPU that does not exist. Launch one process per GPU: accelerate "
+            f"launch --num_processes {gpus} (on several machines: GPUs per machine x --num_machines)."
+        )
     return PartialState(cpu=not torch.cuda.is_available())
 
 

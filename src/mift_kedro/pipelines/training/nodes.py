@@ -12,12 +12,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from mift_kedro import chat, models
-from mift_kedro.config import variant_spec
+from mift_kedro.config import ParameterError, variant_spec
 from mift_kedro.pipelines.training.params import TrainingParams, base_model_params, training_params
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,45 @@ def build_examples(
     return examples, report
 
 
+class BatchPlan(NamedTuple):
+    """How the sequences of one optimizer step are split over processes and accumulation."""
+
+    effective_batch_size: int
+    num_processes: int
+    per_process_batch_size: int  # sequences per process per forward pass
+    gradient_accumulation_steps: int
+
+
+def batch_plan(params: TrainingParams, num_processes: int) -> BatchPlan:
+    """Keep ``training.effective_batch_size`` whatever the process count: accumulation adapts.
+
+    Each process takes ``effective_batch_size / num_processes`` sequences per optimizer step,
+    in micro-batches of ``training.batch_size`` or, where that does not divide its share, of
+    the largest divisor below it. So runs on 1, 3 or 8 GPUs take the same optimizer steps.
+    """
+    effective = params.effective_batch_size
+    if effective % num_processes:
+        fits = [n for n in range(1, effective + 1) if effective % n == 0]
+        below, above = effective // num_processes * num_processes, -(-effective // num_processes) * num_processes
+        multiples = " or ".join(str(m) for m in (below, above) if m > 0)
+        raise ParameterError(
+            f"training.effective_batch_size={effective} sequences per optimizer step cannot be split "
+            f"evenly over {num_processes} processes. Set training.effective_batch_size to a multiple "
+            f"of {num_processes} (e.g. {multiples}), or launch a process count that divides "
+            f"{effective} (accelerate launch --num_processes N, N in {fits})."
+        )
+    share = effective // num_processes
+    micro = max(d for d in range(1, min(params.batch_size, share) + 1) if share % d == 0)
+    if micro < min(params.batch_size, share):
+        logger.warning(
+            "%d sequences per process per step do not split into micro-batches of "
+            "training.batch_size=%d: using %d x %d accumulation steps (a training.effective_batch_size "
+            "divisible by %d x %d keeps full micro-batches)",
+            share, params.batch_size, micro, share // micro, num_processes, params.batch_size,
+        )
+    return BatchPlan(effective, num_processes, micro, share // micro)
+
+
 def fingerprint(*parts: Any) -> str:
     """A short hash of everything that determines a training run (for its checkpoint dir)."""
     digest = hashlib.sha256()
@@ -106,19 +145,26 @@ def add_lora(model: Any, params: TrainingParams, seed: int, gradient_checkpointi
 
 
 def training_arguments(
-    params: TrainingParams, output_dir: Path, seed: int, device: str, gradient_checkpointing: bool
+    params: TrainingParams,
+    output_dir: Path,
+    seed: int,
+    device: str,
+    gradient_checkpointing: bool,
+    batches: BatchPlan | None = None,
 ) -> Any:
-    """Trainer settings: precision by device (fp32 on CPU), checkpoints for resuming."""
+    """Trainer settings: precision by device (fp32 on CPU), checkpoints for resuming;
+    ``batches`` defaults to one process's plan."""
     import torch
     from transformers import TrainingArguments
 
     dtype = models.compute_dtype(device)
+    batches = batches or batch_plan(params, 1)
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=params.epochs,
         max_steps=params.max_steps or -1,
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        per_device_train_batch_size=batches.per_process_batch_size,
+        gradient_accumulation_steps=batches.gradient_accumulation_steps,
         learning_rate=params.learning_rate,
         lr_scheduler_type=params.lr_scheduler,
         warmup_steps=params.warmup_ratio,
@@ -176,6 +222,7 @@ def train_adapter(
     spec = variant_spec(variant)
     params = training_params(training, spec.training)
     state = distributed_state()
+    batches = batch_plan(params, state.num_processes)  # before any work: a bad count fails now
     device = models.default_device()
     gradient_checkpointing = (
         device != "cpu" if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
@@ -216,7 +263,7 @@ def train_adapter(
     # 4. Trainer: padding-free batches, loss on response tokens only
     trainer = CompletionOnlyTrainer(
         model=model,
-        args=training_arguments(params, output_dir, seed, device, gradient_checkpointing),
+        args=training_arguments(params, output_dir, seed, device, gradient_checkpointing, batches),
         train_dataset=dataset,
         data_collator=packed_collator(),
         processing_class=tokenizer,
@@ -225,10 +272,10 @@ def train_adapter(
     trainer.remove_callback(PrinterCallback)
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _steps(trainer, len(dataset))
     logger.info(
-        "[%s] training on %d examples (%d dropped as too long), %d steps, device %s x%d%s, "
-        "quantization %s, %s, LoRA r=%d%s",
-        spec.display_name, len(dataset), data_report["dropped_overlong"], steps, device,
-        state.num_processes, f" ({threads} threads)" if threads else "", params.quantization, models.compute_dtype(device),
+        "[%s] training on %d examples (%d dropped as too long), %d steps of %d sequences "
+        "(%d process(es) x %d x %d accumulation steps), device %s%s, quantization %s, %s, LoRA r=%d%s",
+        spec.display_name, len(dataset), data_report["dropped_overlong"], steps, *batches, device,
+        f" ({threads} threads)" if threads else "", params.quantization, models.compute_dtype(device),
         params.lora.r, f", resuming from {resume_from}" if resume_from else "",
     )
 
@@ -245,7 +292,7 @@ def train_adapter(
 
     metrics = training_metrics(
         trainer.state, result.metrics, wall_time, spec, params, data_report,
-        base_model=base_model, device=device, num_processes=state.num_processes, threads=threads,
+        base_model=base_model, device=device, batches=batches, threads=threads,
         resumed_from=resume_from, checkpoint_dir=output_dir,
     )
     logger.info(
@@ -303,7 +350,7 @@ def training_metrics(
         "variant": spec.display_name,
         "base_model": context["base_model"],
         "device": context["device"],
-        "num_processes": context["num_processes"],
+        **context["batches"]._asdict(),
         "cpu_threads": context["threads"],
         "quantization": params.quantization,
         **data_report,

@@ -44,8 +44,16 @@ class TrainingParams(config.StrictModel):
     lora: LoraParams = Field(default_factory=LoraParams)
     epochs: PositiveFloat = 1.0
     max_steps: PositiveInt | None = Field(default=None, description="overrides epochs when set")
-    batch_size: PositiveInt = Field(default=8, description="sequences per process per step")
-    gradient_accumulation_steps: PositiveInt = 1
+    effective_batch_size: PositiveInt = Field(
+        default=8,
+        description="sequences per optimizer step, all processes and accumulation steps together: "
+        "the same whatever the process count (gradient accumulation adapts)",
+    )
+    batch_size: PositiveInt = Field(
+        default=8,
+        description="sequences per process per forward pass, at most (the largest divisor of "
+        "effective_batch_size / processes not above it is used)",
+    )
     learning_rate: PositiveFloat = 2e-4
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
@@ -65,6 +73,17 @@ class TrainingParams(config.StrictModel):
     torch_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto", description="CPU threads; auto: the cores not busy; None: torch's default"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_accumulation(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "gradient_accumulation_steps" in data:
+            raise ValueError(
+                "gradient_accumulation_steps is derived, not set: set training.effective_batch_size "
+                "(sequences per optimizer step over all processes) and training.batch_size (per "
+                "process per forward pass) instead"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainingParams:
