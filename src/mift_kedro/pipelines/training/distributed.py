@@ -10,6 +10,8 @@ processes, and after each such save every process waits until the main one has w
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -37,6 +39,25 @@ def distributed_state() -> Any:
             f"launch --num_processes {gpus} (on several machines: GPUs per machine x --num_machines)."
         )
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def remove_once(state: Any, directory: Path) -> bool:
+    """Delete ``directory`` (the main process does), every process taking the same path.
+
+    Whether it exists is decided once, by the main process, and broadcast: a rank that looked
+    for itself after the main process had deleted it would skip the barriers below, and the
+    next collective would hang. Barrier (no rank still reads it), delete, barrier (no rank
+    looks before it is gone). Returns whether it existed.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    exists = broadcast_object_list([directory.is_dir() if state.is_main_process else None])[0]
+    if exists:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shutil.rmtree(directory)
+        state.wait_for_everyone()
+    return exists
 
 
 def _is_memory(catalog: Any, name: str) -> bool:

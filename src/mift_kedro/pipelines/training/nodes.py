@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -210,7 +209,7 @@ def train_adapter(
     from transformers import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from mift_kedro.pipelines.training.distributed import distributed_state
+    from mift_kedro.pipelines.training.distributed import distributed_state, remove_once
     from mift_kedro.pipelines.training.trainer import (
         CompletionOnlyTrainer,
         TrainingProgress,
@@ -248,11 +247,8 @@ def train_adapter(
         seed, base_model, training_set, state.num_processes,
     )
     output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
-    if params.retrain and output_dir.is_dir():
+    if params.retrain and remove_once(state, output_dir):
         logger.info("[%s] retrain: true, starting afresh in %s", spec.display_name, output_dir)
-        if state.is_main_process:
-            shutil.rmtree(output_dir)
-        state.wait_for_everyone()
     resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
     # 3. Model: base (fp32 on CPU, 4-bit NF4 for QLoRA) plus a seeded LoRA adapter
