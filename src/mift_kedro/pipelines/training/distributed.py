@@ -25,8 +25,9 @@ def distributed_state() -> Any:
     """accelerate's process state; without GPUs, DDP runs on CPU processes over gloo.
 
     ``accelerate launch --cpu`` starts several processes only through MPI, so on a CPU
-    machine launch with ``accelerate launch --multi_gpu --num_processes N``: its launcher
-    (torch.distributed.run) starts the processes, and ``cpu=True`` here makes them CPU ranks.
+    machine launch with ``accelerate launch --multi_gpu --num_processes N`` (or the llama2
+    config with ``--num_processes N``): its launcher (torch.distributed.run) starts the
+    processes, and ``cpu=True`` here makes them CPU ranks. On GPUs, one process per GPU.
     """
     import torch
     from accelerate import PartialState
