@@ -81,6 +81,18 @@ def test_signature_tells_quantization_and_bases_apart_and_ignores_lora(bases):
     assert models.base_weights_signature(_adapter(nf4_model)) == nf4
 
 
+def test_signature_covers_large_tensors_to_their_last_byte():
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.zeros(2**23))  # 2**25 bytes: past float32's exact integers
+    before = models.base_weights_signature(module)
+    with torch.no_grad():
+        module.weight[-1] = 1.0  # only the last bytes change
+    assert models.base_weights_signature(module)["base_checksum"] != before["base_checksum"]
+    with torch.no_grad():
+        module.weight[-1], module.weight[12345] = 0.0, 1.0  # a byte between the samples
+    assert models.base_weights_signature(module)["base_checksum"] != before["base_checksum"]  # the byte sum
+
+
 def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp_path):
     a, _ = bases
     qlora = _saved_adapter(a, "4bit", tmp_path / "adapter")
@@ -104,6 +116,7 @@ def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp
     from peft import get_peft_model_state_dict
 
     original = qlora.load()
+    assert nodes.on_base(original, a, "4bit", "cpu") is original  # NF4 as asked: not reloaded
     rehomed = nodes.on_base(original, a, "none", "cpu")
     assert models.loaded_quantization(original) == "4bit" and models.loaded_quantization(rehomed) == "none"
     lora = get_peft_model_state_dict(original)

@@ -236,15 +236,16 @@ def base_weights_signature(model: Any) -> dict[str, str]:
         name = name.replace(".base_layer", "").replace(".original_module", "")
         data = param.detach()
         flat = data.reshape(-1).view(torch.uint8)
-        index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), SIGNATURE_SAMPLES), device=flat.device)
-        sample = flat[index.long()].cpu().numpy().tobytes()
+        count = min(flat.numel(), SIGNATURE_SAMPLES)  # evenly spaced, first and last byte included
+        index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
+        sample = flat[index].cpu().numpy().tobytes()
         total = sum(int(part.sum(dtype=torch.int64)) for part in flat.split(1 << 26))  # bounded memory
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|{total}|".encode())
         digest.update(sample)
     return {
         "base_ref": str(getattr(base, "name_or_path", "") or ""),
         "base_quantization": loaded_quantization(base),
-        "base_dtype": str(base.dtype).removeprefix("torch."),
+        "base_dtype": str(getattr(base, "dtype", None) or next(base.parameters()).dtype).removeprefix("torch."),
         "base_checksum": digest.hexdigest()[:16],
     }
 
