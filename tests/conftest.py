@@ -119,3 +119,48 @@ def embedded_base_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embedded") / "base_model"
     BaseModelDataset(filepath=str(out)).save(source)
     return out
+
+
+#: Text for the tiny RoBERTa-type tokenizer: words at sentence starts and inside sentences,
+#: so byte-level BPE learns both "The" and "ĠThe".
+ROBERTA_CORPUS = [
+    "The cat sat on the mat.", "The dog ran to the park and the cat sat.", "Hello world, the tweet is positive.",
+    "This tweet is negative. The sentiment is positive or negative.", "Sure! Based on the tweet, the sentiment is: Negative",
+] * 20
+
+
+def tiny_roberta_bertscore_model(out: Path, hidden_size: int = 32, layers: int = 2) -> Path:
+    """A local RoBERTa-type BERTScore model directory: a byte-level BPE tokenizer trained here
+    (the `tokenizers` library, roberta-large's settings: no prefix space, 512 tokens) and a
+    random-initialised ``RobertaModel`` (seed 0). Use as ``reporting.bertscore.model_type: <out>``
+    with ``num_layers`` at most ``layers``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(ROBERTA_CORPUS, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    tokenizer = RobertaTokenizer(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
+    )
+    torch.manual_seed(0)
+    model = RobertaModel(RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden_size, max_position_embeddings=514, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, type_vocab_size=1,
+    ))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    return tiny_roberta_bertscore_model(tmp_path_factory.mktemp("tiny_roberta"))

@@ -59,10 +59,11 @@ def test_kedro_run_writes_every_artifact(fixture_run):
         assert len(_versions(data / "07_model_output" / variant / "predictions.jsonl")) == 1
     assert len(_versions(data / "07_model_output" / "base" / "predictions.jsonl")) == 1
     for name in ("metrics.csv", "report.html", "tables/table_A.md", "tables/table_B.csv", "tables/table_C.csv",
-                 "plots/sentiment.png"):
+                 "plots/sentiment.png", "study_comparison.csv", "study_comparison.md"):
         assert len(_versions(data / "08_reporting" / name)) == 1, name
     report = next((data / "08_reporting" / "report.html").rglob("report.html")).read_text()
-    for title in ("Table A", "Table B", "Table C", "FT-CustomOnly", "FT-BothInstruction"):
+    for title in ("Table A", "Table B", "Table C", "FT-CustomOnly", "FT-BothInstruction",
+                  "Against the reference study", "Base weights of every model (3 checked)"):
         assert title in report
 
 

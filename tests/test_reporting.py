@@ -47,6 +47,23 @@ def test_label_mapping(answer, expected):
     assert M.map_label(answer, LABELS) == expected
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("Sure! Based on the tweet, the sentiment is: Negative", 0),
+        ("  Sure, I'd be happy to help! Based on the tweet you provided, I would classify the "
+         "sentiment as: Positive", 1),
+        ("Sure! Here is the sentiment classification of the tweet: Positive 😊", 1),
+        ("Negative\n\nThe tweet expresses frustration about the commute.", 0),
+        ("Negative. The tweet is not positive at all.", 0),  # the first word decides
+        ("I apologize, but I cannot classify this tweet as it contains offensive language.", M.INVALID),
+        ("Sure! The sentiment is negative, not positive.", M.INVALID),  # both, no first-word label
+    ],
+)
+def test_label_mapping_of_verbose_llama2_chat_answers(answer, expected):
+    assert M.map_label(answer, LABELS) == expected
+
+
 # --- metrics on hand-computed cases ---------------------------------------------------------
 
 
@@ -86,6 +103,40 @@ def test_corpus_bleu_matches_sacrebleu():
     refs = ["the cat sat on the mat", "hello world there", "x y", "a b c d e g"]
     expected = sacrebleu.corpus_bleu(hyps, [refs]).score
     assert M.corpus_bleu(hyps, refs) == pytest.approx(expected)
+
+
+def test_evaluate_bleu_hand_computed():
+    # evaluate's bleu: Google nmt compute_bleu on 13a tokens, max order 4, no smoothing, 0-1.
+    # "the cat sat on the mat" vs "the cat sat on a mat": clipped matches 5/6, 3/5, 2/4, 1/3
+    hyp, ref = "the cat sat on the mat", "the cat sat on a mat"
+    expected = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert M.evaluate_bleu([hyp], [ref]) == pytest.approx(expected)  # 0.537
+    # no matching 4-gram: 0 without smoothing; sacreBLEU's default (exp smoothing) gives credit
+    assert M.evaluate_bleu(["the cat sat in the mat"], [ref]) == 0.0
+    assert M.corpus_bleu(["the cat sat in the mat"], [ref]) > 10
+    # brevity: all precisions 1 (4/4, 3/3, 2/2, 1/1), 4 tokens against 6 -> exp(1 - 6/4)
+    assert M.evaluate_bleu(["the cat sat on"], ["the cat sat on the mat"]) == pytest.approx(math.exp(-0.5))
+    # no 4-gram at all (one-word answers): 0, whatever the 1-gram precision
+    assert M.evaluate_bleu(["positive", "negative"], ["positive", "negative"]) == 0.0
+    # a corpus pools counts before dividing: 13a splits the final period off,
+    # hyps "a b c d ." and "a b x" vs refs "a b c d ." and "a b y": 1-grams 7/8, 2-grams 5/6
+    # (4 + a b), 3-grams 3/4, 4-grams 2/2 -> 8 tokens against 8
+    value = M.evaluate_bleu(["a b c d.", "a b x"], ["a b c d.", "a b y"])
+    assert value == pytest.approx((7 / 8 * 5 / 6 * 3 / 4 * 2 / 2) ** 0.25)
+    assert M.evaluate_bleu([""], ["the cat"]) == 0.0
+
+
+def test_evaluate_rouge_hand_computed():
+    # evaluate's rouge: rouge-score without stemming; the project's own ROUGE stems
+    plain = M.evaluate_rouge_scores(["The cats sat"], ["the cat sat"])
+    assert plain["evaluate_rouge1"][0] == pytest.approx(2 / 3)  # the, sat of 3 each
+    assert plain["evaluate_rouge2"][0] == 0.0  # "the cats", "cats sat" vs "the cat", "cat sat"
+    assert plain["evaluate_rougeL"][0] == pytest.approx(2 / 3)
+    assert M.rouge_scores(["The cats sat"], ["the cat sat"])["rouge1"][0] == pytest.approx(1.0)
+    # rougeLsum takes the LCS per line (summary level); rougeL one LCS over the whole text
+    swapped = M.evaluate_rouge_scores(["a b\nc d"], ["c d\na b"])
+    assert swapped["evaluate_rougeL"][0] == pytest.approx(0.5)
+    assert swapped["evaluate_rougeLsum"][0] == pytest.approx(1.0)
 
 
 def test_sentiment_metrics_hand_computed():
@@ -133,6 +184,10 @@ def test_bootstrap_recomputes_corpus_metrics_per_resample():
         idx = np.repeat(np.arange(len(hyps)), w.astype(int))
         expected = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
         assert value == pytest.approx(expected)
+    study_bleu = M.evaluate_bleu_metric(M.bleu_statistics(hyps, refs))
+    for w, value in zip(weights[:10], M.bootstrap_distribution(study_bleu, weights[:10]), strict=True):
+        idx = np.repeat(np.arange(len(hyps)), w.astype(int))
+        assert value == pytest.approx(M.evaluate_bleu([hyps[i] for i in idx], [refs[i] for i in idx]))
     y_true, y_pred = [1, 0, 1, 0, 1, 1], [1, 0, 0, -1, 1, 0]
     f1 = M.macro_f1_metric(y_true, y_pred, [0, 1])
     weights = M.bootstrap_weights(6, 20, seed=4)
@@ -183,7 +238,7 @@ def test_pipeline_has_one_generation_namespace_per_model():
     for model in ("base", "custom_only", "both_instructions", "new_one"):
         assert f"{model}.predictions" in outputs
     assert "new_one.adapter" in pipe.inputs()
-    for name in ("metrics", "report", "table_A_csv", "table_C_md", "plot_sentiment"):
+    for name in ("metrics", "report", "table_A_csv", "table_C_md", "plot_sentiment", "study_comparison", "study_comparison_md"):
         assert name in outputs
     with pytest.raises(ValueError, match="base"):
         create_pipeline(variants=["base"])
@@ -216,6 +271,7 @@ def _fixture_predictions(n_sentiment: int = 40) -> list[pd.DataFrame]:
         frame.insert(0, "model", model)
         frame["prompt_text"] = frame["prompt"]
         frame["prompt_tokens"], frame["completion_tokens"], frame["reference_tokens"] = 10, 3, 3
+        frame[nodes.BASE_WEIGHT_COLUMNS] = ["models/base", "4bit", "bfloat16", "0123456789abcdef"]
         frames.append(frame[nodes.PREDICTION_COLUMNS])
     return frames
 
@@ -259,7 +315,8 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     chosen = {**PARAMS, "forgetting_curve_metrics": [{"eval_set": "alpaca", "metric": "bleu"}]}
     only_bleu, _, _ = nodes.build_forgetting_curve(metrics, variants, chosen)
     assert set(zip(only_bleu["eval_set"], only_bleu["metric"])) == {("alpaca", "bleu")} and len(only_bleu) == 2
-    html = nodes.build_report(metrics, curve, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
+    comparison, _ = nodes.build_study_comparison(metrics, None)
+    html = nodes.build_report(metrics, curve, comparison, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
     assert html.count("<img alt='metrics for") == 3
     assert "Forgetting curve" in html and "<img alt='forgetting curve'" in html
     for title in ("Table A", "Table B", "Table C", "Run parameters", "Example predictions"):
@@ -277,3 +334,104 @@ def test_metrics_are_paired_on_the_common_examples(fake_bertscore):
     metrics = nodes.compute_metrics(scores, PARAMS, seed=1)
     assert set(metrics.loc[metrics["eval_set"] == "sentiment", "n"]) == {11}
     assert not math.isnan(metrics.loc[metrics["model"] == "custom_only", "p_value_vs_base"].iloc[0])
+
+
+# --- study-comparable figures and the reference study ------------------------------------------
+
+
+def _project_parameters(env: str) -> dict:
+    from kedro.config import OmegaConfigLoader
+
+    from tests.conftest import PROJECT_ROOT
+
+    return OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local", env=env)["parameters"]
+
+
+def test_study_comparison_sits_beside_the_run_and_stays_out_of_tables_a_b_c(fake_bertscore):
+    predictions = _fixture_predictions()
+    scores = nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    metrics = nodes.compute_metrics(scores, PARAMS, seed=7)
+    alpaca = metrics[metrics["eval_set"] == "alpaca"].set_index(["model", "metric"])
+    rows = scores[(scores["eval_set"] == "alpaca") & (scores["model"] == "base")]
+    # the study-comparable figures, with CIs and paired tests like every metric
+    assert alpaca.loc[("base", "evaluate_bleu"), "value"] == pytest.approx(
+        M.evaluate_bleu(list(rows["prediction"]), list(rows["reference"])))
+    assert alpaca.loc[("base", "evaluate_rougeL"), "value"] == pytest.approx(rows["evaluate_rougeL"].mean())
+    assert not np.isnan(alpaca.loc[("custom_only", "evaluate_bleu"), "p_value_vs_base"])
+    csv, _ = nodes.build_table(metrics, "alpaca")
+    assert not any(m.startswith("evaluate_") for m in csv["metric"])
+
+    study = _project_parameters("llama2")["reference_study"]
+    comparison, markdown = nodes.build_study_comparison(metrics, study)
+    assert len(comparison) == 3 * 3 * 3  # sets x study columns x models
+    cell = comparison.set_index(["eval_set", "study_metric", "model"])
+    assert cell.loc[("alpaca", "BLEU", "base"), "study_value"] == 0.41
+    assert cell.loc[("sentiment", "ROUGE", "custom_only"), "metric"] == "evaluate_rougeL"
+    assert cell.loc[("alpaca", "BLEU", "base"), "value"] == alpaca.loc[("base", "evaluate_bleu"), "value"]
+    assert cell.loc[("out_of_sample", "BERTScore", "both_instructions"), "study_value"] == 0.78
+    assert "| Set | Metric | Base | Base (study) | FT-CustomOnly | FT-CustomOnly (study) |" in markdown
+    assert "| C alpaca | BLEU: BLEU (evaluate, 0-1) |" in markdown and "| 0.41 |" in markdown
+    assert "| 0.00 |" in markdown and "| 0.992 |" in markdown
+    assert "FT-CustomOnly 48 min" in markdown
+
+    curve = pd.DataFrame()
+    parameters = {"seed": 7, "reporting": PARAMS, "reference_study": study}
+    html = nodes.build_report(metrics, curve, comparison, parameters, *predictions)
+    assert "<h2 id='study'>Against the reference study</h2>" in html
+    assert "<td>BERTScore: BERTScore F1</td>" in html and "0.999" in html
+    assert "Base weights of every model (3 checked)" in html and "0123456789abcdef" in html
+
+    without, text = nodes.build_study_comparison(metrics, None)  # the demo: no study configured
+    assert without["study_value"].isna().all() and "(study)" not in text
+    assert "No reference study configured" in text
+
+
+def test_reference_study_parameters_are_checked():
+    from mift_kedro.pipelines.reporting.params import reference_study
+
+    with pytest.raises(ParameterError, match="figures.alpaca has columns"):
+        reference_study({"figures": {"alpaca": {"METEOR": {"base": 0.1}}}})
+    with pytest.raises(ParameterError, match="reference_study"):
+        reference_study({"metrics": {"ROUGE": "rouge_not_a_metric"}})
+
+
+def test_llama2_generation_budgets_and_set_sizes():
+    params = _project_parameters("llama2")
+    assert reporting_params(params["reporting"]).max_new_tokens["sentiment"] >= 32
+    assert params["eval_sets"] == {"sentiment": {"size": 1000}, "out_of_sample": {"size": None},
+                                   "alpaca": {"size": 300}}
+    bertscore = params["reporting"]["bertscore"]
+    assert (bertscore["model_type"], bertscore["num_layers"], bertscore["rescale_with_baseline"]) == (
+        "roberta-large", 17, False)
+    assert _project_parameters("local")["eval_sets"]["sentiment"] == {"size": 200}  # the demo keeps its own
+
+
+# --- one set of base weights for every row ------------------------------------------------------
+
+
+def test_scoring_refuses_models_generated_on_different_base_weights(fake_bertscore):
+    predictions = _fixture_predictions(6)
+    predictions[2] = predictions[2].assign(base_quantization="none", base_dtype="float32", base_checksum="fedcba9876543210")
+    with pytest.raises(ParameterError, match=r"reporting\.quantization") as error:
+        nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    assert "both_instructions: models/base (none, float32, checksum fedcba9876543210)" in str(error.value)
+    predictions[2] = predictions[2].assign(base_quantization="4bit", base_dtype="bfloat16")
+    with pytest.raises(ParameterError, match="point `base_model` at the base the adapters were trained on"):
+        nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    with pytest.raises(ValueError, match="older version"):
+        nodes.score_predictions(PARAMS, {"labels": LABELS}, *[p.drop(columns="base_checksum") for p in predictions])
+
+
+def test_generation_quantization_follows_the_adapters_training():
+    from mift_kedro.pipelines.reporting.params import generation_quantization
+
+    auto = reporting_params(PARAMS)
+    variants = {"a": {"training": {}}, "b": {}}
+    assert generation_quantization(auto, {"quantization": "4bit"}, variants) == "4bit"
+    assert generation_quantization(auto, {"quantization": "none"}, variants) == "none"
+    assert generation_quantization(auto, {"quantization": "4bit"}, {}) == "4bit"
+    mixed = {"a": {"training": {"quantization": "none"}}, "b": {}}
+    with pytest.raises(ParameterError, match="set `reporting.quantization`"):
+        generation_quantization(auto, {"quantization": "4bit"}, mixed)
+    forced = reporting_params({**PARAMS, "quantization": "none"})
+    assert generation_quantization(forced, {"quantization": "4bit"}, mixed) == "none"

@@ -82,7 +82,7 @@ def test_lora_adapter_generates_the_same_batched_and_unbatched(tiny_model, monke
         params = {"max_new_tokens": {"sentiment": 3, "out_of_sample": 5, "alpaca": 5}, "batch_size": 2}
         out = nodes.generate_variant_predictions(
             peft_model, "base-ref", frame, frame.assign(label=None), frame.iloc[:1].assign(label=None),
-            params, 0, {"display_name": "FT-X"}, model_name="x",
+            params, 0, {"display_name": "FT-X"}, {"quantization": "none"}, {"x": {}}, model_name="x",
         )
     finally:
         peft_model.unload()
@@ -93,6 +93,7 @@ def test_lora_adapter_generates_the_same_batched_and_unbatched(tiny_model, monke
     assert list(out.loc[out["eval_set"] == "sentiment", "label"]) == [1, 0]
     assert out["reference"].eq("positive").all()
     assert out["prompt"].iloc[0].startswith("Classify the sentiment.")
+    assert set(out["base_quantization"]) == {"none"} and out["base_checksum"].nunique() == 1
 
 
 def test_sampling_settings_come_from_parameters():

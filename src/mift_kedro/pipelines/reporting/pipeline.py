@@ -26,14 +26,15 @@ def _base_pipeline() -> Pipeline:
             Node(
                 nodes.generate_base_predictions,
                 ["base_model", *EVAL_INPUTS, "params:reporting", "params:seed",
-                 "params:reporting.base_display_name"],
+                 "params:reporting.base_display_name", "params:training", "params:variants"],
                 "predictions",
                 name="generate_predictions",
             )
         ],
         namespace=BASE,
         inputs={"base_model", *EVAL_INPUTS},
-        parameters={"params:reporting", "params:seed", "params:reporting.base_display_name"},
+        parameters={"params:reporting", "params:seed", "params:reporting.base_display_name",
+                    "params:training", "params:variants"},
         tags=["reporting", "generation", BASE],
     )
 
@@ -44,7 +45,7 @@ def _variant_pipeline(variant: str) -> Pipeline:
             Node(
                 bind(nodes.generate_variant_predictions, model_name=variant),
                 ["adapter", "base_model", *EVAL_INPUTS, "params:reporting", "params:seed",
-                 "params:variant"],
+                 "params:variant", "params:training", "params:variants"],
                 "predictions",
                 name="generate_predictions",
             )
@@ -55,6 +56,8 @@ def _variant_pipeline(variant: str) -> Pipeline:
             "params:reporting": "params:reporting",
             "params:seed": "params:seed",
             "params:variant": f"params:variants.{variant}",
+            "params:training": "params:training",
+            "params:variants": "params:variants",
         },
         tags=["reporting", "generation", variant],
     )
@@ -89,8 +92,14 @@ def _shared_nodes(models: list[str]) -> Pipeline:
             name="build_forgetting_curve",
         ),
         Node(
+            nodes.build_study_comparison,
+            ["metrics", "params:reference_study"],
+            ["study_comparison", "study_comparison_md"],
+            name="build_study_comparison",
+        ),
+        Node(
             nodes.build_report,
-            ["metrics", "forgetting_curve", "parameters", *predictions],
+            ["metrics", "forgetting_curve", "study_comparison", "parameters", *predictions],
             "report",
             name="build_report",
         ),

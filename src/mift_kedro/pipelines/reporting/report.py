@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mift_kedro.pipelines.reporting.params import EVALUATE_METRICS, ReferenceStudy
 from mift_kedro.pipelines.reporting.sweep import curve_table, plot_forgetting_curve
 
 #: The study's tables: (A) sentiment, (B) out-of-sample instructions, (C) Alpaca.
@@ -30,6 +31,11 @@ METRIC_LABELS = {
     "rouge2": "ROUGE-2 F1",
     "rougeL": "ROUGE-L F1",
     "bleu": "BLEU (sacreBLEU, 0-100)",
+    "evaluate_bleu": "BLEU (evaluate, 0-1)",
+    "evaluate_rouge1": "ROUGE-1 F1 (evaluate, unstemmed)",
+    "evaluate_rouge2": "ROUGE-2 F1 (evaluate, unstemmed)",
+    "evaluate_rougeL": "ROUGE-L F1 (evaluate, unstemmed)",
+    "evaluate_rougeLsum": "ROUGE-Lsum F1 (evaluate, unstemmed)",
 }
 NOTES = {
     "sentiment": (
@@ -62,7 +68,9 @@ def _row(subset: pd.DataFrame, model: str, metric: str) -> pd.Series | None:
 
 
 def _metric_order(subset: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(subset["metric"]))
+    """The project's own metrics in table order; the study-comparable ``evaluate_*`` ones are
+    in ``metrics`` and the study comparison (:func:`study_comparison`), not in tables A/B/C."""
+    present = [m for m in dict.fromkeys(subset["metric"]) if m not in EVALUATE_METRICS]
     return [m for m in METRIC_LABELS if m in present] + [m for m in present if m not in METRIC_LABELS]
 
 
@@ -115,6 +123,14 @@ def table_rows(metrics: pd.DataFrame, eval_set: str) -> tuple[list[str], list[li
     return header, rows
 
 
+def _markdown_table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """Markdown table lines; columns after the first ``text_columns`` are right-aligned."""
+    rule = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"] + [
+        "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows
+    ]
+
+
 def table_markdown(metrics: pd.DataFrame, eval_set: str) -> str:
     header, rows = table_rows(metrics, eval_set)
     n = int(_subset(metrics, eval_set)["n"].iloc[0])
@@ -124,12 +140,91 @@ def table_markdown(metrics: pd.DataFrame, eval_set: str) -> str:
         f"n = {n} examples. Cells: value [95% bootstrap CI]; for fine-tuned models also "
         "(Δ vs base, paired bootstrap p-value).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        *_markdown_table(header, rows),
     ]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     if eval_set in NOTES:
         lines += ["", f"_{NOTES[eval_set]}_"]
+    return "\n".join(lines) + "\n"
+
+
+STUDY_COLUMNS = [
+    "eval_set", "study_metric", "metric", "model", "display_name", "value", "ci_low", "ci_high",
+    "study_value",
+]
+
+
+def study_comparison(metrics: pd.DataFrame, study: ReferenceStudy) -> pd.DataFrame:
+    """One row per (eval set, study column, model): the run's figure as the study defines it,
+    its 95% CI and the study's published figure (NaN where the study has none)."""
+    rows = []
+    for eval_set in TABLES:
+        subset = metrics[metrics["eval_set"] == eval_set]
+        if subset.empty:
+            continue
+        figures = study.figures.get(eval_set, {})
+        for column, metric in study.metrics.items():
+            for model, display in _models(subset):
+                r = _row(subset, model, metric)
+                rows.append({
+                    "eval_set": eval_set, "study_metric": column, "metric": metric, "model": model,
+                    "display_name": display,
+                    "value": np.nan if r is None else r["value"],
+                    "ci_low": np.nan if r is None else r["ci_low"],
+                    "ci_high": np.nan if r is None else r["ci_high"],
+                    "study_value": figures.get(column, {}).get(model, np.nan),
+                })
+    return pd.DataFrame(rows, columns=STUDY_COLUMNS)
+
+
+def study_rows(comparison: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per model the run's ``value [95% CI]`` and, when the study has
+    figures, the study's value beside it."""
+    with_study = comparison["study_value"].notna().any()
+    models = list(dict.fromkeys(zip(comparison["model"], comparison["display_name"], strict=True)))
+    header = ["Set", "Metric"]
+    for _, display in models:
+        header += [display, f"{display} (study)"] if with_study else [display]
+    rows = []
+    for (eval_set, column), part in comparison.groupby(["eval_set", "study_metric"], sort=False):
+        metric = part["metric"].iloc[0]
+        row = [f"{TABLES.get(eval_set, '')} {eval_set}".strip(), f"{column}: {METRIC_LABELS.get(metric, metric)}"]
+        for model, _ in models:
+            hit = part[part["model"] == model]
+            r = hit.iloc[0] if not hit.empty else None
+            row.append("" if r is None or pd.isna(r["value"]) else
+                       f"{_fmt(r['value'], metric)} [{_fmt(r['ci_low'], metric)}, {_fmt(r['ci_high'], metric)}]")
+            if with_study:
+                row.append("" if r is None or pd.isna(r["study_value"]) else _published(r["study_value"]))
+        rows.append(row)
+    return header, rows
+
+
+def _published(value: float) -> str:
+    """A study figure as printed there: two decimals, or more where it has them (0.992)."""
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+
+
+def study_intro(study: ReferenceStudy, comparison: pd.DataFrame) -> str:
+    """What the comparison shows: the study, how each column is computed here, training times."""
+    mapping = ", ".join(f"{c} = {METRIC_LABELS.get(m, m)}" for c, m in study.metrics.items())
+    if not comparison["study_value"].notna().any():
+        return (f"No reference study configured (`reference_study` is null): the run's figures as "
+                f"the study would compute them ({mapping}). Cells: value [95% bootstrap CI].")
+    text = f"{study.name}." + (f" {study.note}" if study.note else "")
+    text += f" This run's figures are computed as the study's ({mapping}); cells: value [95% bootstrap CI]."
+    if study.training_minutes:
+        names = dict(zip(comparison["model"], comparison["display_name"], strict=True))
+        times = ", ".join(f"{names.get(v, v)} {m:g} min" for v, m in study.training_minutes.items())
+        text += f" Training time in the study: {times}" + (f" ({study.hardware})." if study.hardware else ".")
+    return text
+
+
+def study_markdown(comparison: pd.DataFrame, study: ReferenceStudy) -> str:
+    if comparison.empty:
+        return "_No study comparison: no metrics were computed._\n"
+    header, rows = study_rows(comparison)
+    lines = ["## Against the reference study", "", study_intro(study, comparison), "",
+             *_markdown_table(header, rows, text_columns=2)]
     return "\n".join(lines) + "\n"
 
 
@@ -204,13 +299,31 @@ def _html_table(header: list[str], rows: list[list[str]], numeric_from: int = 1)
     return "\n".join(out)
 
 
+def _base_weights_html(predictions: pd.DataFrame) -> str:
+    """The base weights every model generated on (scoring refused the run if they differed)."""
+    columns = ["base_ref", "base_quantization", "base_dtype", "base_checksum"]
+    if not set(columns) <= set(predictions.columns):
+        return ""
+    signatures = predictions.drop_duplicates(["model", *columns])
+    first = signatures.iloc[0]
+    return (
+        f"<p id='base_weights'>Base weights of every model ({len(signatures)} checked): "
+        f"<code>{html.escape(str(first['base_ref']))}</code>, {html.escape(str(first['base_quantization']))}, "
+        f"{html.escape(str(first['base_dtype']))}, checksum <code>{html.escape(str(first['base_checksum']))}</code>.</p>"
+    )
+
+
 def render_report(
     metrics: pd.DataFrame,
     predictions: pd.DataFrame,
     parameters: dict[str, Any],
     curve: pd.DataFrame | None = None,
+    comparison: pd.DataFrame | None = None,
 ) -> str:
-    """One self-contained HTML page: tables, plots (inline PNG), parameters, examples."""
+    """One self-contained HTML page: tables, plots (inline PNG), the study comparison,
+    parameters, examples."""
+    from mift_kedro.pipelines.reporting.params import reference_study
+
     reporting = (parameters or {}).get("reporting") or {}
     count = int(reporting.get("examples_per_set", 5))
     seed = int((parameters or {}).get("seed", 0))
@@ -225,8 +338,10 @@ def render_report(
         "Every metric comes with a 95% percentile bootstrap confidence interval; fine-tuned "
         "models also show the difference to the base model and a two-sided paired bootstrap "
         "p-value (same resampled examples for all models).</p>",
+        _base_weights_html(predictions),
         "<h2>Contents</h2><ul>"
         + "".join(f"<li><a href='#{s}'>{html.escape(TITLES[s])}</a></li>" for s in TABLES if s in set(metrics["eval_set"]))
+        + ("<li><a href='#study'>Against the reference study</a></li>" if comparison is not None and not comparison.empty else "")
         + ("<li><a href='#forgetting_curve'>Forgetting curve</a></li>" if curve is not None and not curve.empty else "")
         + "<li><a href='#examples'>Example predictions</a></li><li><a href='#parameters'>Run parameters</a></li></ul>",
     ]
@@ -242,6 +357,14 @@ def render_report(
             _html_table(header, rows),
             f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
             f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
+        ]
+    if comparison is not None and not comparison.empty:
+        header, rows = study_rows(comparison)
+        study = reference_study((parameters or {}).get("reference_study"))
+        parts += [
+            "<h2 id='study'>Against the reference study</h2>",
+            f"<p>{html.escape(study_intro(study, comparison))}</p>",
+            _html_table(header, rows, numeric_from=2),
         ]
     if curve is not None and not curve.empty:
         header, rows = curve_table(curve)
