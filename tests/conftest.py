@@ -12,21 +12,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MIFT_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data").resolve()
 CONVERTED = PROJECT_ROOT / "data" / "06_models" / "base_model"  # a run's embedded conversion
 
-#: Llama-2-chat's chat template as published with meta-llama/Llama-2-7b-chat-hf; the
-#: tokenizer itself cannot be downloaded here, so tests set this template on another one.
-LLAMA2_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
-    "{% endif %}{% endfor %}"
-)
+#: Llama-2-chat's chat template as published with meta-llama/Llama-2-7b-chat-hf, the file
+#: `--env llama2` applies to a tokenizer without a template of its own.
+LLAMA2_CHAT_TEMPLATE = (PROJECT_ROOT / "conf" / "llama2" / "chat_template_llama2.jinja").read_text()
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +54,115 @@ def tiny_llama(tokenizer, hidden_size: int, **config):
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config,
         )
     )
+
+
+def save_model_dir(out: Path, tokenizer, hidden_size: int | None = 32, **config) -> Path:
+    """``tokenizer`` and, unless ``hidden_size`` is None, a tiny random Llama sized for it
+    (:func:`tiny_llama`), saved in ``out``: usable as ``base_model: {source: local, name: out}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    if hidden_size is not None:
+        tiny_llama(tokenizer, hidden_size, **config).save_pretrained(out)
+    return out
+
+
+def _corpus(shared_data: Path) -> list[str]:
+    """Real tweets and Alpaca records (instruction, input, output) of the offline data."""
+    import json
+
+    lines = (shared_data / "twitter_sentiment" / "train.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["text"] for line in lines]
+    for line in (shared_data / "alpaca" / "train.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        texts += [record["instruction"], record["input"], record["output"]]
+    return [text for text in texts if text.strip()]
+
+
+@pytest.fixture(scope="session")
+def llama2_sp_tokenizer_dir(tmp_path_factory, shared_data) -> Path:
+    """A Llama-2-style tokenizer with NO chat template, like NousResearch/Llama-2-7b-chat-hf's.
+
+    A SentencePiece BPE model trained here (well under a second) with Llama-2's settings
+    (byte fallback, dummy prefix, digits split, whitespace and text kept as they are,
+    <unk>/<s>/</s> = 0/1/2) on the offline tweets and Alpaca text, saved as Llama-2's repo
+    ships it (``tokenizer.model`` and a LlamaTokenizer config), then loaded and saved again
+    the way transformers converts it (``tokenizer.json``).
+    """
+    import io
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus(shared_data)), model_writer=model, vocab_size=3000,
+        model_type="bpe", byte_fallback=True, add_dummy_prefix=True, split_digits=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True, character_coverage=0.99995,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        num_threads=1, minloglevel=2,
+    )
+    source = tmp_path_factory.mktemp("llama2_sp_source")
+    (source / "tokenizer.model").write_bytes(model.getvalue())
+    (source / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+        "legacy": False, "clean_up_tokenization_spaces": False, "bos_token": "<s>",
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+    }))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    assert not tokenizer.chat_template
+    out = save_model_dir(tmp_path_factory.mktemp("llama2_sp_tokenizer"), tokenizer, hidden_size=None)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    return out
+
+
+@pytest.fixture
+def llama2_sp_tokenizer(llama2_sp_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(llama2_sp_tokenizer_dir)
+
+
+def hub_cache_repo(
+    cache: Path, repo_id: str, files: dict[str, bytes], *, sha: str,
+    repo_type: str = "model", ref: str | None = "main",
+) -> Path:
+    """Lay ``files`` out as huggingface_hub stores a download in ``cache``: blobs named by
+    their hash, ``snapshots/<sha>/<file>`` links to them, ``refs/<ref>`` naming the commit."""
+    import hashlib
+
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = cache / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    for name, content in files.items():
+        blob = folder / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(content)
+        link = folder / "snapshots" / sha / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref:
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / ref).write_text(sha)
+    return folder / "snapshots" / sha
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE, with empty temporary Hub and ``datasets`` caches (not the machine's)."""
+    from types import SimpleNamespace
+
+    import datasets.config
+    from huggingface_hub import constants
+
+    caches = SimpleNamespace(hub=tmp_path / "hf_hub", datasets=tmp_path / "hf_datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(caches.hub))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", caches.datasets)
+    return caches
 
 
 @pytest.fixture
@@ -114,7 +211,8 @@ def embedded_base_model(tmp_path_factory) -> Path:
     from mift_kedro.datasets import BaseModelDataset
 
     source = models.ModelSource(source="embedded", name=models.EMBEDDED_GGUF)
-    if models.read_source(CONVERTED) == source.to_dict() and (CONVERTED / "config.json").is_file():
+    recorded = models.read_source(CONVERTED)
+    if recorded and models.ModelSource.from_dict(recorded) == source and (CONVERTED / "config.json").is_file():
         return CONVERTED
     out = tmp_path_factory.mktemp("embedded") / "base_model"
     BaseModelDataset(filepath=str(out)).save(source)

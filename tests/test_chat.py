@@ -56,3 +56,47 @@ def test_missing_chat_template_is_a_clear_error(embedded_tokenizer):
     embedded_tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         render_prompt(embedded_tokenizer, PROMPT)
+
+
+# --- whole-conversation tokenization (a SentencePiece Llama-2-style tokenizer) ---------------
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["llama2", "chatml"])
+def test_training_ids_are_the_whole_conversation_tokenized_at_once(llama2_sp_tokenizer, shared_data, template):
+    """With a dummy-prefix tokenizer, the answer tokenized on its own starts with a `▁` that the
+    whole conversation does not have (ChatML: the answer follows a newline); the training ids
+    must be the conversation's own, and the mask must start after the prompt's tokens."""
+    import json
+
+    from tests.conftest import LLAMA2_CHAT_TEMPLATE
+
+    tokenizer = llama2_sp_tokenizer
+    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE if template == "llama2" else CHATML
+    records = [json.loads(line) for line in (shared_data / "alpaca" / "train.jsonl").read_text().splitlines()[:20]]
+    separate = 0
+    for record in records:
+        prompt, completion = user_message(record["instruction"], record["input"]), assistant_message(record["output"])
+        encoded = tokenize_example(tokenizer, prompt, completion)
+        prompt_text, completion_text = render_example(tokenizer, prompt, completion)
+        whole = tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"]
+        assert encoded["input_ids"] == whole
+        n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+        assert encoded["completion_mask"] == [0] * n_prompt + [1] * (len(whole) - n_prompt)
+        masked = [t for t, m in zip(encoded["input_ids"], encoded["completion_mask"], strict=True) if m]
+        assert tokenizer.decode(masked).strip() == completion_text.strip()
+        separate += whole != tokenize_prompt(tokenizer, prompt_text) + tokenize_prompt(tokenizer, completion_text)
+    if template == "chatml":  # where tokenizing the parts apart goes wrong, for every record
+        assert separate == len(records)
+    assert "[INST]" in prompt_text if template == "llama2" else prompt_text.endswith("assistant\n")
+
+
+def test_a_prompt_merging_into_the_answer_is_a_clear_error(embedded_tokenizer):
+    """SmolLM2's byte-level BPE joins the prompt's closing newline with newlines that open
+    the answer: no token boundary where the answer starts, so no exact loss mask."""
+    with pytest.raises(ValueError, match="merges the end of the prompt"):
+        tokenize_example(embedded_tokenizer, PROMPT, assistant_message("\n\n\n Positive"))

@@ -1,12 +1,26 @@
-"""The per-pipeline timing hook attributes node time to the pipeline a node comes from."""
+"""Project hooks: per-pipeline timing, and the Hub preflight before the first node."""
 
+import json
 import logging
+import time
 
-from kedro.pipeline import Node
+import pytest
+import yaml
+from huggingface_hub import HfApi
+from kedro.config import OmegaConfigLoader
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro.io import DataCatalog
+from kedro.pipeline import Node, Pipeline
 
-from mift_kedro.hooks import PipelineTimingHooks
+from mift_kedro import models
+from mift_kedro.config import ParameterError
+from mift_kedro.hooks import HubPreflightHooks, PipelineTimingHooks, hub_requirements
+from mift_kedro.hub import HubUnreachableError
+from mift_kedro.pipelines import data_engineering, reporting, training
 from mift_kedro.pipelines.data_engineering import nodes as de_nodes
 from mift_kedro.pipelines.training import nodes as training_nodes
+from tests.conftest import PROJECT_ROOT, hub_cache_repo
 
 
 def test_time_is_summed_per_pipeline(caplog):
@@ -21,3 +35,146 @@ def test_time_is_summed_per_pipeline(caplog):
     with caplog.at_level(logging.INFO, logger="mift_kedro.hooks"):
         hooks.after_pipeline_run({}, None, None)
     assert "Time per pipeline: data_engineering" in caplog.text and "training" in caplog.text
+
+
+# --- the Hub preflight ---------------------------------------------------------------------
+
+LLAMA2_SHA = "351844e75ed0bcbbe3f10671b3c808d2b83894ee"
+ALPACA_SHA = "dce01c9b08f87459cf36a430d809084718273017"
+VARIANTS = ["custom_only", "both_instructions"]
+
+
+def _setup(env: str, *pipeline_names: str):
+    """The project's catalog and parameters of ``env``, and its pipelines by name."""
+    conf = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local", env=env)
+    catalog = DataCatalog.from_config(conf["catalog"])
+    catalog["parameters"] = conf["parameters"]
+    modules = {"data_engineering": data_engineering, "training": training, "reporting": reporting}
+    pipe = sum((modules[name].create_pipeline(variants=VARIANTS) for name in pipeline_names), Pipeline([]))
+    return pipe, catalog
+
+
+ALL = ("data_engineering", "training", "reporting")
+
+
+def _repos(pipe, catalog) -> set[str]:
+    return {str(r.repo) for r in hub_requirements(pipe, catalog, catalog.load("parameters"))}
+
+
+def test_preflight_offline_lists_every_missing_thing_in_one_error(offline_hub, monkeypatch, caplog):
+    monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
+    pipe, catalog = _setup("llama2", *ALL)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING), pytest.raises(HubUnreachableError) as error:
+        HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert message.startswith("4 thing(s) this run needs from the Hugging Face Hub")
+    for expected in (
+        f"base model NousResearch/Llama-2-7b-chat-hf (revision {LLAMA2_SHA}) [base_model]",
+        f"hf download NousResearch/Llama-2-7b-chat-hf --revision {LLAMA2_SHA}",
+        "raw dataset carblacac/twitter-sentiment-analysis [tweets_raw_",
+        f"raw dataset tatsu-lab/alpaca (revision {ALPACA_SHA}) [alpaca_raw_",
+        "MIFT_DATA_DIR=<dir>",
+        "BERTScore model roberta-large [reporting.bertscore.model_type]",
+        "hf download roberta-large", "reporting.bertscore.model_type: null",
+        "HF_HUB_OFFLINE is set",
+    ):
+        assert expected in message, expected
+    assert message.count("\n  - ") == 4
+    assert "Not pinned to a revision" in caplog.text
+    assert "carblacac/twitter-sentiment-analysis (hub_revisions in conf/<env>/globals.yml)" in caplog.text
+    assert "roberta-large" not in caplog.text  # bert-score cannot pin it: no warning
+
+
+def test_preflight_asks_an_unreachable_hub_once(monkeypatch):
+    monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    calls = []
+    real = HfApi.repo_info
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    pipe, catalog = _setup("llama2", "data_engineering")
+    start = time.monotonic()
+    with pytest.raises(HubUnreachableError, match="the Hugging Face Hub is unreachable") as error:
+        HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
+    assert time.monotonic() - start < 5
+    assert len(calls) == 1 and str(error.value).count("\n  - ") == 2
+
+
+def _llama2_cache(offline_hub) -> None:
+    """The llama2 run's Hub items, laid out in the caches as the libraries leave them."""
+    index = {"metadata": {}, "weight_map": {f"layer.{s}": f"model-{s}.safetensors" for s in ("a", "b")}}
+    files = {"config.json": b"{}", "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
+             "model.safetensors.index.json": json.dumps(index).encode()}
+    files |= {f"model-{s}.safetensors": s.encode() for s in ("a", "b")}
+    hub_cache_repo(offline_hub.hub, "NousResearch/Llama-2-7b-chat-hf", files, sha=LLAMA2_SHA)
+    hub_cache_repo(offline_hub.hub, "roberta-large",
+                   {"config.json": b"{}", "vocab.json": b"{}", "merges.txt": b"", "model.safetensors": b"w"},
+                   sha="3" * 40)
+    for name in ("carblacac___twitter-sentiment-analysis", "tatsu-lab___alpaca"):
+        (offline_hub.datasets / name / "default" / "0.0.0" / "abc").mkdir(parents=True)
+
+
+def test_preflight_passes_when_the_caches_hold_everything(offline_hub, monkeypatch, caplog):
+    monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
+    _llama2_cache(offline_hub)
+    pipe, catalog = _setup("llama2", *ALL)
+    with caplog.at_level(logging.INFO, logger="mift_kedro.hooks"):
+        HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
+    assert "Hub preflight: NousResearch/Llama-2-7b-chat-hf" in caplog.text
+
+    # A half-downloaded sharded checkpoint is not "cached"
+    (offline_hub.hub / "models--NousResearch--Llama-2-7b-chat-hf" / "snapshots" / LLAMA2_SHA / "model-b.safetensors").unlink()
+    with pytest.raises(HubUnreachableError, match=r"^1 thing\(s\)[^\n]*\n  - base model") as error:
+        HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
+    assert str(error.value).count("\n  - ") == 1
+
+
+def test_preflight_checks_only_what_the_pipeline_needs(offline_hub, monkeypatch, tmp_path):
+    monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
+    datasets = {"carblacac/twitter-sentiment-analysis", f"tatsu-lab/alpaca (revision {ALPACA_SHA})"}
+    llama2 = f"NousResearch/Llama-2-7b-chat-hf (revision {LLAMA2_SHA})"
+    assert _repos(*_setup("llama2", "data_engineering")) == datasets
+    assert _repos(*_setup("llama2", "training")) == {llama2}
+
+    # reporting alone: the base model as the training run recorded it, and BERTScore's model
+    monkeypatch.chdir(tmp_path)
+    reporting = _setup("llama2", "reporting")
+    assert _repos(*reporting) == {"roberta-large"}  # nothing recorded yet: the node will say so
+    record = tmp_path / "data" / "06_models" / "base_model_llama2"
+    record.mkdir(parents=True)
+    models.write_source(record, models.ModelSource("hub", "NousResearch/Llama-2-7b-chat-hf", revision=LLAMA2_SHA))
+    assert _repos(*reporting) == {llama2, "roberta-large"}
+
+    monkeypatch.setenv("MIFT_DATA_DIR", "/data")  # local raw data: no dataset from the Hub
+    assert _repos(*_setup("llama2", "data_engineering")) == set()
+
+
+def test_the_defaults_ask_nothing_of_the_hub(monkeypatch, shared_data):
+    monkeypatch.setenv("MIFT_DATA_DIR", str(shared_data))
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(HfApi, "repo_info", no_hub)
+    pipe, catalog = _setup("local", *ALL)
+    assert _repos(pipe, catalog) == set()
+    HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
+
+
+def test_kedro_run_llama2_offline_fails_before_the_first_node(kedro_project, offline_hub, monkeypatch):
+    """Through Kedro: validation first (a bad parameter wins), then the preflight, then no node."""
+    monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
+    bootstrap_project(kedro_project)
+    with KedroSession.create(project_path=kedro_project, env="llama2") as session:
+        with pytest.raises(HubUnreachableError, match=r"^4 thing\(s\)"):
+            session.run()
+    assert not (kedro_project / "data" / "02_intermediate").exists()
+
+    params = kedro_project / "conf" / "llama2" / "parameters.yml"
+    bad = yaml.safe_load(params.read_text())
+    bad["variants"]["custom_only"]["mix"] = {"sentiment": 1.2}
+    params.write_text(yaml.safe_dump(bad))
+    with KedroSession.create(project_path=kedro_project, env="llama2") as session:
+        with pytest.raises(ParameterError, match=r"must lie in \[0, 1\]"):
+            session.run()

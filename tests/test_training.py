@@ -277,8 +277,11 @@ def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypa
     assert calls == [models.EMBEDDED_GGUF]
     assert dataset.load() == str(tmp_path / "base")
 
-    dataset.save(models.ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf"))
-    assert dataset.load() == "NousResearch/Llama-2-7b-chat-hf"
+    hub = models.ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf", revision="abc")
+    dataset.save(hub)
+    assert not (tmp_path / "base" / "config.json").exists()  # the stale conversion is gone
+    assert dataset.load() == str(tmp_path / "base")  # the record, which resolves to the Hub id
+    assert models.ModelSource.from_dict(models.read_source(dataset.load())) == hub
 
 
 def test_bad_training_parameters_are_rejected_with_the_key():
@@ -358,7 +361,7 @@ def test_accelerate_config_takes_the_process_count_from_the_command_line():
         16, 2, 1, "10.0.0.1")
 
 
-def test_project_training_parameters_are_valid():
+def test_project_training_parameters_are_valid(monkeypatch):
     import yaml
 
     params = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())
@@ -366,7 +369,13 @@ def test_project_training_parameters_are_valid():
     nodes.base_model_params(params["base_model"])
     llama2 = yaml.safe_load((PROJECT_ROOT / "conf/llama2/parameters_training.yml").read_text())
     assert training_params(llama2["training"]).quantization == "4bit"
-    assert llama2["base_model"] == {"source": "hub", "name": "NousResearch/Llama-2-7b-chat-hf"}
+    assert llama2["base_model"] == {
+        "source": "hub", "name": "NousResearch/Llama-2-7b-chat-hf",
+        "revision": "351844e75ed0bcbbe3f10671b3c808d2b83894ee",
+        "chat_template": "conf/llama2/chat_template_llama2.jinja",
+    }
+    monkeypatch.chdir(PROJECT_ROOT)
+    assert nodes.base_model_params(llama2["base_model"]).template_text().startswith("{% if messages[0]")
 
 
 def test_pipeline_has_one_namespace_per_variant():

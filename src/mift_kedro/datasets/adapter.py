@@ -24,14 +24,17 @@ ADAPTER_META = "mift_adapter.json"
 
 
 class BaseModelDataset(AbstractDataset[Any, str]):
-    """The base model, saved once as a local model directory or a Hub reference.
+    """The base model's record: a local model directory, or where the model comes from.
 
-    ``save`` takes a :class:`mift_kedro.models.ModelSource`. The embedded GGUF model is
-    converted into a safetensors directory at ``filepath`` (skipped when the directory already
-    holds a conversion of the same source, so only the first run pays ~40 s); a Hub id or a
-    local directory is only recorded. ``load`` returns the *ref* that
+    ``save`` takes a :class:`mift_kedro.models.ModelSource` and writes it to
+    ``filepath/mift_model_source.json``. The embedded GGUF model is also converted into a
+    safetensors directory at ``filepath`` (skipped when the directory already holds a
+    conversion of the same file, so only the first run pays ~40 s); a Hub id (with its
+    revision) or a local directory is only recorded, with the chat template to use when the
+    tokenizer has none. ``load`` returns ``filepath``, the *ref* that
     :func:`mift_kedro.models.load_causal_lm` and :func:`~mift_kedro.models.load_tokenizer`
-    accept: the directory, or the Hub id.
+    resolve through the record, so every node and every adapter gets the same revision and
+    template without passing parameters around.
 
     Examples:
         ```yaml
@@ -41,11 +44,12 @@ class BaseModelDataset(AbstractDataset[Any, str]):
         ```
 
         >>> from mift_kedro.datasets import BaseModelDataset
-        >>> from mift_kedro.models import ModelSource
+        >>> from mift_kedro.models import ModelSource, resolve
         >>> dataset = BaseModelDataset(filepath=tmp_path / "base_model")
-        >>> dataset.save(ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf"))
-        >>> dataset.load()
-        'NousResearch/Llama-2-7b-chat-hf'
+        >>> dataset.save(ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf",
+        ...                          revision="351844e75ed0bcbbe3f10671b3c808d2b83894ee"))
+        >>> resolve(dataset.load()).revision  # doctest: +SKIP
+        '351844e75ed0bcbbe3f10671b3c808d2b83894ee'
     """
 
     def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
@@ -59,27 +63,25 @@ class BaseModelDataset(AbstractDataset[Any, str]):
         return (self._filepath / models.SOURCE_FILE).is_file()
 
     def load(self) -> str:
-        source = models.read_source(self._filepath)
-        if source is None:
+        if models.read_source(self._filepath) is None:
             raise models.ModelNotFoundError(
                 f"No base model at {self._filepath}: prepare it once with `kedro run --pipeline "
                 "training` (or `kedro run --nodes prepare_base_model`); with `--namespaces`, "
                 "the shared prepare_base_model node does not run."
             )
-        if source["source"] == "embedded":
-            return str(self._filepath)
-        return source["name"]
+        return str(self._filepath)
 
     def save(self, data: models.ModelSource) -> None:
         if not isinstance(data, models.ModelSource):
             raise DatasetError(f"BaseModelDataset saves a ModelSource, got {type(data).__name__}")
+        recorded = models.read_source(self._filepath)
         if data.source == "embedded":
-            if models.read_source(self._filepath) == data.to_dict() and (
+            if recorded and (recorded["source"], recorded["name"]) == (data.source, data.name) and (
                 self._filepath / "config.json"
             ).is_file():
                 logger.info("Base model already converted at %s", self._filepath)
-                return
-            models.convert_embedded(data.name, self._filepath)
+            else:
+                models.convert_embedded(data.name, self._filepath)
         else:
             if (self._filepath / "config.json").is_file():
                 shutil.rmtree(self._filepath)  # never leave a stale converted model behind
@@ -155,13 +157,21 @@ class AdapterDataset(AbstractVersionedDataset[Any, Any]):
 
     def save(self, data: Any) -> None:
         from peft import PeftModel
+        from peft.utils.constants import EMBEDDING_LAYER_NAMES
 
         if not isinstance(data, PeftModel):
             raise DatasetError(f"AdapterDataset saves a peft.PeftModel, got {type(data).__name__}")
         path = Path(self._get_save_path())
-        base_ref = data.peft_config[data.active_adapter].base_model_name_or_path
+        config = data.peft_config[data.active_adapter]
+        base_ref = config.base_model_name_or_path
         quantization = "4bit" if getattr(data.get_base_model(), "is_loaded_in_4bit", False) else "none"
-        data.save_pretrained(str(path))
+        # peft's "auto" would compare vocabulary sizes with the base's config.json, which a
+        # record directory does not hold; the vocabulary is never resized here, so only
+        # LoRA-targeted embedding layers are saved (what "auto" decides when they are targeted).
+        targets = getattr(config, "target_modules", None) or []
+        data.save_pretrained(
+            str(path), save_embedding_layers=any(name in targets for name in EMBEDDING_LAYER_NAMES)
+        )
         models.load_tokenizer(base_ref).save_pretrained(str(path))
         (path / ADAPTER_META).write_text(
             json.dumps({"base_model": base_ref, "quantization": quantization}, indent=2)

@@ -11,26 +11,33 @@ import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
+from mift_kedro import hub
 from mift_kedro.datasets.jsonl import read_jsonl
-from mift_kedro.hub import HubUnreachableError, check_hub_reachable
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable that switches every raw dataset to local JSONL files.
 DATA_DIR_ENV = "MIFT_DATA_DIR"
+OFFLINE_FIX = (
+    f"set {DATA_DIR_ENV}=<dir> to a local copy laid out like shared/data/ "
+    f"(e.g. {DATA_DIR_ENV}=../shared/data), or load it once where the Hub is reachable "
+    "(`kedro run --pipeline data_engineering`: datasets keeps it in HF_DATASETS_CACHE)"
+)
 
 
 class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
     """One split of a Hub dataset as a DataFrame, read from local JSONL when ``MIFT_DATA_DIR`` is set.
 
-    Online it calls ``datasets.load_dataset(hub_id, split=hub_split)``. With
+    Online it calls ``datasets.load_dataset(hub_id, split=hub_split, revision=revision)``
+    (``revision``: a commit SHA pins the data; None takes the default branch). With
     ``MIFT_DATA_DIR=<dir>`` (or ``local_dir``) it reads ``<dir>/<local_path>`` instead, a
     file in the Hub dataset's schema. A Hub dataset with a single split (Alpaca) gets a
     deterministic held-out slice through ``holdout``: the same seed always holds out the
     same rows, ``part: test`` returns them and ``part: train`` the rest.
 
-    Before touching the Hub it checks, within ``timeout`` seconds, that the Hub answers, so
-    an offline machine fails at once with an error that names ``MIFT_DATA_DIR``.
+    Before touching the Hub it checks, within ``timeout`` seconds, that ``datasets`` has the
+    dataset cached or the Hub answers (:mod:`mift_kedro.hub`), so an offline machine fails at
+    once with an error that names ``MIFT_DATA_DIR``.
 
     Example:
     ::
@@ -52,6 +59,7 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         local_path: str,
         columns: list[str],
         holdout: dict[str, Any] | None = None,
+        revision: str | None = None,
         local_dir: str | None = None,
         timeout: float = 5.0,
         metadata: dict[str, Any] | None = None,
@@ -61,6 +69,7 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         self._local_path = local_path
         self._columns = list(columns)
         self._holdout = holdout
+        self._revision = revision
         self._local_dir = local_dir
         self._timeout = timeout
         self.metadata = metadata
@@ -74,10 +83,15 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         return {
             "hub_id": self._hub_id,
             "hub_split": self._hub_split,
+            "revision": self._revision,
             "local_path": self._local_path,
             "data_dir": self._data_dir(),
             "holdout": self._holdout,
         }
+
+    def hub_repo(self) -> hub.HubRepo | None:
+        """The Hub repository a load would read; None when local files are used."""
+        return None if self._data_dir() else hub.HubRepo(self._hub_id, "dataset", self._revision)
 
     def _exists(self) -> bool:
         data_dir = self._data_dir()
@@ -103,7 +117,9 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         import datasets
 
         try:
-            split = datasets.load_dataset(self._hub_id, split=self._hub_split).to_pandas()
+            split = datasets.load_dataset(
+                self._hub_id, split=self._hub_split, revision=self._revision
+            ).to_pandas()
         except Exception as exc:  # the Hub's errors vary; name the offline way out
             raise DatasetError(
                 f"Could not load {self._hub_id} (split {self._hub_split}) from the Hub: {exc}. "
@@ -115,7 +131,10 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         split = split[self._columns]
         if self._holdout is not None:
             split = self._holdout_part(split)
-        logger.info("Loaded %d rows from the Hub: %s[%s]", len(split), self._hub_id, self._hub_split)
+        logger.info(
+            "Loaded %d rows from the Hub: %s[%s] at revision %s", len(split), self._hub_id,
+            self._hub_split, self._revision or "main (not pinned)",
+        )
         return split.reset_index(drop=True)
 
     def _holdout_part(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -127,13 +146,9 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         return frame.drop(index=frame.index[test_rows])
 
     def _check_hub_reachable(self) -> None:
-        hint = (
-            f"set {DATA_DIR_ENV}=<dir> to a local copy laid out like shared/data/ "
-            f"(e.g. {DATA_DIR_ENV}=../shared/data)"
-        )
         try:
-            check_hub_reachable(self._hub_id, hint, self._timeout)
-        except HubUnreachableError as exc:
+            hub.require(self.hub_repo(), "The raw dataset", OFFLINE_FIX, self._timeout)
+        except hub.HubUnreachableError as exc:
             raise DatasetError(str(exc)) from None
 
     def save(self, data: None) -> None:

@@ -26,14 +26,18 @@ def prepare_base_model(base_model: dict[str, Any]) -> models.ModelSource:
     """Check the configured base model can be had, in seconds, before any training starts.
 
     The returned source is written by the ``base_model`` dataset: the embedded GGUF model is
-    converted once into a safetensors directory; a Hub id is only recorded.
+    converted once into a safetensors directory; a Hub id is only recorded, with its
+    revision. The chat template file's text goes into the record, so every later load of
+    the tokenizer (training, adapters, reporting) gets it.
     """
     params = base_model_params(base_model)
-    source = models.ModelSource(source=params.source, name=params.name)
+    if params.revision and params.source != "hub":
+        logger.warning("base_model.revision=%s is ignored: it applies to source: hub only", params.revision)
+    source = params.model_source()
     if params.source == "embedded":
         models.embedded_gguf(params.name)
     else:
-        models.check_model_available(params.name)
+        models.check_model_available(params.name, source.revision)
     return source
 
 
@@ -244,7 +248,7 @@ def train_adapter(
     run_id = fingerprint(
         params.model_dump(exclude={"retrain"}),
         {**spec.model_dump(), "training": {k: v for k, v in spec.training.items() if k != "retrain"}},
-        seed, base_model, training_set, state.num_processes,
+        seed, models.model_identity(base_model), training_set, state.num_processes,
     )
     output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
     if params.retrain and remove_once(state, output_dir):

