@@ -2,14 +2,19 @@
 
 from mift_kedro.hooks import ParameterValidationHooks, PipelineTimingHooks, ProjectConfigHooks
 from mift_kedro.pipelines.training.distributed import MainProcessSavesHooks
+from mift_kedro.tracking import TrackingHooks
 
 # MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.
+# TrackingHooks: kedro-mlflow's hook (conf/<env>/mlflow.yml) made failure-safe, with the
+# project's results; it replaces the instance the plugin registers itself.
 HOOKS = (
     ProjectConfigHooks(),
     ParameterValidationHooks(),
     MainProcessSavesHooks(),
     PipelineTimingHooks(),
+    TrackingHooks(),
 )
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -109,7 +109,7 @@ def family_note(family: pd.DataFrame, scope: str) -> str:
             f"`{format_p(p_floor(b), b)}`; Holm values computed from it are upper bounds (`≤`)."
         )
     return (
-        f"p: two-sided paired bootstrap against the base model. Holm: adjusted for the family of "
-        f"the {tests} comparisons with the base model {scope} (controls the chance of any false "
-        f"positive among them).{floor}"
+        f"p: two-sided paired bootstrap against the base model. Holm p: adjusted over the family "
+        f"of the {tests} comparisons with the base model {scope}, which bounds the chance of any "
+        f"false positive among them.{floor}"
     )

@@ -98,7 +98,7 @@ def _interval(point: pd.Series, prefix: str = "") -> str:
 
 def curve_note(curve: pd.DataFrame) -> str:
     """The family statement of the curve's p-values."""
-    return stats.family_note(curve, "on this curve (every variant and metric)")
+    return stats.family_note(curve, "on this curve (every variant on every metric)")
 
 
 def forgetting_curve_markdown(curve: pd.DataFrame) -> str:
