@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -36,9 +37,9 @@ class Browser:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self._ids = itertools.count(1)
-        self._socket = None
+        self._connection = contextlib.ExitStack()
         try:
-            self._socket = self._connect(port_file)
+            self._socket = self._connection.enter_context(self._connect(port_file))
         except BaseException:
             self.close()
             raise
@@ -85,8 +86,7 @@ class Browser:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
+        self._connection.close()
         stop_group(self._process)
 
     def __enter__(self) -> Browser:
