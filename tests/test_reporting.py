@@ -10,7 +10,7 @@ import pytest
 import sacrebleu
 
 from mift_kedro.config import ParameterError, validate_parameters
-from mift_kedro.pipelines.reporting import create_pipeline, nodes
+from mift_kedro.pipelines.reporting import create_pipeline, nodes, stats
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting.params import reporting_params
 
@@ -298,11 +298,26 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     assert (metrics["ci_low"] <= metrics["value"] + 1e-9).all()
     assert (metrics["value"] <= metrics["ci_high"] + 1e-9).all()
     assert metrics.loc[metrics["model"] == "base", "p_value_vs_base"].isna().all()
+    # Holm within each evaluation set (the family of one table), and the floor's resample count
+    for eval_set, family in metrics.groupby("eval_set"):
+        tested = family["p_value_vs_base"].notna()
+        assert np.allclose(family.loc[tested, "p_holm_vs_base"], stats.holm(family.loc[tested, "p_value_vs_base"]))
+        assert (family.loc[tested, "p_holm_vs_base"] >= family.loc[tested, "p_value_vs_base"]).all()
+    assert (metrics["bootstrap_resamples"] == 200).all()
 
     csv, markdown = nodes.build_table(metrics, "sentiment")
     assert list(csv["metric"][:3]) == ["accuracy", "macro_f1", "invalid_rate"]
     assert {"Base", "FT-CustomOnly", "FT-BothInstruction", "FT-CustomOnly p_vs_base"} <= set(csv.columns)
+    assert "FT-CustomOnly p_holm_vs_base" in csv.columns
     assert "| Metric | Base | FT-CustomOnly | FT-BothInstruction |" in markdown
+    tests = int(metrics.loc[metrics["eval_set"] == "sentiment", "p_value_vs_base"].notna().sum())
+    assert f"family of the {tests} comparisons with the base model in this table" in markdown
+    accuracy = markdown.split("| Accuracy |")[1].split("\n")[0]
+    assert accuracy.count("Holm p") == 2
+    # no resample of 200 was as extreme: the floor 1/201 prints as a bound, and so does Holm's
+    # value computed from it (16 tests x 1/201 = 0.080)
+    assert acc["p_value_vs_base"] == stats.p_floor(200) and tests == 16
+    assert "(Δ +0.550, p < 0.005, Holm p ≤ 0.080)" in accuracy
     assert "BLEU" in markdown and "meaningless" in markdown
     figure = nodes.plot_metrics(metrics, "alpaca")
     assert len(figure.axes[0].patches) == 3 * 5  # 3 models x 5 metrics

@@ -1,6 +1,7 @@
 """The forgetting curve from a metrics table: one point per variant per metric, base line."""
 
 import pandas as pd
+import pytest
 
 from mift_kedro.pipelines.reporting.sweep import (
     forgetting_curve,
@@ -24,8 +25,15 @@ def _metrics() -> pd.DataFrame:
             value = 0.5 + 0.05 * i
             rows.append({"eval_set": eval_set, "metric": metric, "model": model, "display_name": model,
                          "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1,
-                         "delta_vs_base": value - 0.5, "p_value_vs_base": 0.5 / (i + 1)})
-    return pd.DataFrame(rows)
+                         "delta_vs_base": value - 0.5, "p_value_vs_base": 0.5 / (i + 1),
+                         "bootstrap_resamples": 1000})
+    frame = pd.DataFrame(rows)
+    # one test where no resample was as extreme: the floor 1/(1000+1) of the paired bootstrap
+    frame.loc[(frame["metric"] == "accuracy") & (frame["model"] == "alpaca_100"), "p_value_vs_base"] = 1 / 1001
+    return frame
+
+
+ACCURACY_P = [0.5 / (i + 1) for i in range(1, 5)] + [1 / 1001]
 
 
 def test_one_point_per_variant_per_metric():
@@ -38,14 +46,28 @@ def test_one_point_per_variant_per_metric():
     assert accuracy["alpaca_fraction"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert (accuracy["base_value"] == 0.5).all()
     assert accuracy["value"].tolist() == [0.55, 0.6, 0.65, 0.7, 0.75]
-    assert accuracy["p_value_vs_base"].tolist() == [0.5 / (i + 1) for i in range(1, 6)]
+    assert accuracy["p_value_vs_base"].tolist() == ACCURACY_P
+    # Holm over the whole curve (3 metrics x 5 variants = 15 tests): the floor p is the smallest
+    assert curve["p_holm_vs_base"].notna().sum() == 15
+    assert accuracy["p_holm_vs_base"].iloc[-1] == pytest.approx(15 / 1001)
+
+
+def test_holm_within_the_curve_and_p_at_the_floor_printed_as_a_bound():
+    curve = forgetting_curve(_metrics(), VARIANTS, [("sentiment", "accuracy")])
+    # by hand, 5 tests: sorted 1/1001 x 5; 0.1 x 4 = 0.4; 0.125 x 3, 1/6 x 2, 0.25 x 1 stay at 0.4
+    assert curve["p_holm_vs_base"].tolist() == pytest.approx([0.4, 0.4, 0.4, 0.4, 5 / 1001])
+    table = forgetting_curve_markdown(curve)
+    assert "| 0.25 | FT-25% | 0.600 [0.500, 0.700] (p=0.167, Holm p=0.400) |" in table
+    assert "| 1.00 | FT-100% | 0.750 [0.650, 0.850] (p < 0.001, Holm p ≤ 0.005) |" in table
+    assert "family of the 5 comparisons with the base model on this curve" in table
+    assert "smallest p-value is 1/(1000+1), printed as `p < 0.001`" in table
 
 
 def test_markdown_and_plot():
     curve = forgetting_curve(_metrics(), VARIANTS, [("sentiment", "accuracy")])
     table = forgetting_curve_markdown(curve)
-    assert table.count("\n") == 2 + 1 + len(VARIANTS)
-    assert "| 0.25 | FT-25% | 0.600 [0.500, 0.700] |" in table
+    assert table.count("\n") == 2 + 1 + len(VARIANTS) + 2  # header, base, variants, blank, family note
+    assert "| — | base | 0.500 [0.400, 0.600] |" in table
     figure = plot_forgetting_curve(curve)
     axis = figure.axes[0]
     assert axis.get_title() == "sentiment: accuracy"

@@ -1,9 +1,14 @@
 """Kedro hooks: share the active config with the pipeline registry, validate parameters and
-check what the run needs from the Hugging Face Hub, before the first node."""
+check what the run needs from the Hugging Face Hub before the first node, and keep each run's
+parameters and per-pipeline timings as versioned data next to its results."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
+import os
+import platform
+import sys
 import time
 from typing import Any
 
@@ -27,13 +32,16 @@ class ProjectConfigHooks:
 
 
 class ParameterValidationHooks:
-    """Validates every parameter block before the first node runs, so a typo costs seconds."""
+    """Validates every parameter block before the first node runs, so a typo costs seconds, and
+    saves them as ``run_parameters`` (versioned like the run's other outputs, so a run's
+    results and the parameters that produced them share one version)."""
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         params = catalog.load("parameters")
         config.validate_parameters(params)
         logger.info("Parameters validated for variants: %s", ", ".join(params.get("variants", {})))
+        catalog.save("run_parameters", params)
 
 
 class HubPreflightHooks:
@@ -128,7 +136,8 @@ def hub_requirements(pipeline: Any, catalog: Any, params: dict[str, Any]) -> lis
 
 
 class PipelineTimingHooks:
-    """Logs the wall time spent in each of the three pipelines, at the end of a run.
+    """Logs the wall time spent in each of the three pipelines at the end of a run, and saves it
+    with each node's time as ``pipeline_timings`` (versioned JSON next to the reporting outputs).
 
     ``kedro run`` executes them as one ``__default__`` pipeline; the time of a node is
     attributed to the pipeline package its function comes from.
@@ -138,7 +147,10 @@ class PipelineTimingHooks:
 
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
+        self._run_started = 0.0
+        self._started_at = ""
         self.seconds: dict[str, float] = {}
+        self.node_seconds: dict[str, float] = {}
 
     @staticmethod
     def _pipeline_of(node: Any) -> str:
@@ -151,7 +163,9 @@ class PipelineTimingHooks:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         self._started.clear()
-        self.seconds = {}
+        self.seconds, self.node_seconds = {}, {}
+        self._run_started = time.perf_counter()
+        self._started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
     @hook_impl
     def before_node_run(self, node: Any) -> None:
@@ -161,10 +175,40 @@ class PipelineTimingHooks:
     def after_node_run(self, node: Any) -> None:
         start = self._started.pop(node.name, None)
         if start is not None:
+            elapsed = time.perf_counter() - start
             name = self._pipeline_of(node)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            self.node_seconds[node.name] = self.node_seconds.get(node.name, 0.0) + elapsed
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         summary = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.seconds.items())
         logger.info("Time per pipeline: %s (total %.0f s)", summary, sum(self.seconds.values()))
+        if catalog is not None:
+            catalog.save("pipeline_timings", self.record(run_params))
+
+    def record(self, run_params: dict[str, Any]) -> dict[str, Any]:
+        """The timings as data: seconds per pipeline and per node, the run and the machine."""
+        return {
+            "seconds": {name: round(s, 2) for name, s in self.seconds.items()},
+            "total_node_s": round(sum(self.seconds.values()), 2),
+            "pipeline_wall_s": round(time.perf_counter() - self._run_started, 2),
+            "node_seconds": {name: round(s, 2) for name, s in self.node_seconds.items()},
+            "started_at": self._started_at,
+            "env": (run_params or {}).get("env"),
+            "pipelines": (run_params or {}).get("pipeline_names"),
+            "namespaces": (run_params or {}).get("namespaces"),
+            "host": _host(),
+        }
+
+
+def _host() -> dict[str, Any]:
+    """The machine the timings were taken on (the GPU only when torch is already loaded)."""
+    host = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        host["torch"] = torch.__version__
+        host["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            host["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return host

@@ -14,6 +14,7 @@ import pandas as pd
 from mift_kedro.config import EVAL_SETS, ParameterError
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
+from mift_kedro.pipelines.reporting import stats
 from mift_kedro.pipelines.reporting import sweep as S
 from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
 from mift_kedro.pipelines.reporting.params import (
@@ -325,6 +326,7 @@ def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M
 METRIC_COLUMNS = [
     "eval_set", "model", "display_name", "metric", "value", "ci_low", "ci_high", "n",
     "higher_is_better", "delta_vs_base", "delta_ci_low", "delta_ci_high", "p_value_vs_base",
+    "p_holm_vs_base", "bootstrap_resamples",
 ]
 
 
@@ -333,7 +335,8 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
 
     All models and metrics of an evaluation set share one set of resamples (seeded from
     ``seed`` and the set), over the examples every model answered, so the comparison with
-    the base model is paired.
+    the base model is paired. ``p_holm_vs_base`` is Holm-adjusted within the evaluation set (the
+    family of one table); ``bootstrap_resamples`` tells the p-value floor, 1/(resamples+1).
     """
     cfg = reporting_params(params)
     labels = [0, 1]
@@ -373,7 +376,10 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
                         delta_ci_high=test.ci_high, p_value_vs_base=test.p_value,
                     )
                 records.append(record)
-    return pd.DataFrame(records, columns=METRIC_COLUMNS)
+    frame = pd.DataFrame(records, columns=METRIC_COLUMNS)
+    frame["p_holm_vs_base"] = frame.groupby("eval_set")["p_value_vs_base"].transform(stats.holm)
+    frame["bootstrap_resamples"] = cfg.bootstrap.resamples
+    return frame
 
 
 # --- tables, plots, report ------------------------------------------------------------------

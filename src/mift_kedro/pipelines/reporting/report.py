@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mift_kedro.pipelines.reporting import stats
 from mift_kedro.pipelines.reporting.params import EVALUATE_METRICS, ReferenceStudy
-from mift_kedro.pipelines.reporting.sweep import curve_table, plot_forgetting_curve
+from mift_kedro.pipelines.reporting.sweep import curve_note, curve_table, plot_forgetting_curve
 
 #: The study's tables: (A) sentiment, (B) out-of-sample instructions, (C) Alpaca.
 TABLES = {"sentiment": "A", "out_of_sample": "B", "alpaca": "C"}
@@ -75,8 +76,10 @@ def _metric_order(subset: pd.DataFrame) -> list[str]:
 
 
 def table_frame(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
-    """Numeric table: one row per metric; per model value, CI bounds, and (variants) p vs base."""
+    """Numeric table: one row per metric; per model value, CI bounds, and (variants) Δ vs base,
+    its raw and Holm-adjusted p (Holm within this table)."""
     subset = _subset(metrics, eval_set)
+    holm = pd.Series(stats.holm(subset["p_value_vs_base"].astype(float)), index=subset.index)
     rows = []
     for metric in _metric_order(subset):
         row: dict[str, Any] = {"metric": metric, "n": int(subset["n"].iloc[0])}
@@ -90,6 +93,7 @@ def table_frame(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
             if model != "base":
                 row[f"{display} delta_vs_base"] = r["delta_vs_base"]
                 row[f"{display} p_vs_base"] = r["p_value_vs_base"]
+                row[f"{display} p_holm_vs_base"] = holm.loc[r.name]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -100,17 +104,18 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.1f}" if metric == "bleu" else f"{value:.3f}"
 
 
-def _cell(r: pd.Series, metric: str, base: bool) -> str:
+def _cell(r: pd.Series, metric: str, p_text: str) -> str:
     text = f"{_fmt(r['value'], metric)} [{_fmt(r['ci_low'], metric)}, {_fmt(r['ci_high'], metric)}]"
-    if not base and not np.isnan(r["p_value_vs_base"]):
+    if p_text:
         sign = "+" if r["delta_vs_base"] >= 0 else ""
-        text += f" (Δ {sign}{_fmt(r['delta_vs_base'], metric)}, p={r['p_value_vs_base']:.3f})"
+        text += f" (Δ {sign}{_fmt(r['delta_vs_base'], metric)}, {p_text})"
     return text
 
 
 def table_rows(metrics: pd.DataFrame, eval_set: str) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows: ``value [95% CI] (Δ vs base, paired bootstrap p)``."""
+    """Header and formatted rows: ``value [95% CI] (Δ vs base, paired bootstrap p, Holm p)``."""
     subset = _subset(metrics, eval_set)
+    p_texts = stats.comparison_texts(subset)
     models = _models(subset)
     header = ["Metric"] + [d for _, d in models]
     rows = []
@@ -118,7 +123,7 @@ def table_rows(metrics: pd.DataFrame, eval_set: str) -> tuple[list[str], list[li
         row = [METRIC_LABELS.get(metric, metric)]
         for model, _ in models:
             r = _row(subset, model, metric)
-            row.append(_cell(r, metric, model == "base") if r is not None else "")
+            row.append(_cell(r, metric, p_texts.loc[r.name]) if r is not None else "")
         rows.append(row)
     return header, rows
 
@@ -138,7 +143,9 @@ def table_markdown(metrics: pd.DataFrame, eval_set: str) -> str:
         f"## {TITLES.get(eval_set, eval_set)}",
         "",
         f"n = {n} examples. Cells: value [95% bootstrap CI]; for fine-tuned models also "
-        "(Δ vs base, paired bootstrap p-value).",
+        "(Δ vs base, paired bootstrap p-value, Holm-adjusted p-value).",
+        "",
+        stats.family_note(_subset(metrics, eval_set), "in this table"),
         "",
         *_markdown_table(header, rows),
     ]
@@ -353,8 +360,9 @@ def render_report(
         fig = metric_figure(metrics, eval_set)
         parts += [
             f"<h2 id='{eval_set}'>{html.escape(TITLES[eval_set])}</h2>",
-            f"<p>n = {n} examples. Cells: value [95% CI] (Δ vs base, p).</p>",
+            f"<p>n = {n} examples. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
             _html_table(header, rows),
+            f"<p class='note'>{html.escape(stats.family_note(_subset(metrics, eval_set), 'in this table'))}</p>",
             f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
             f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
         ]
@@ -371,8 +379,9 @@ def render_report(
         parts += [
             "<h2 id='forgetting_curve'>Forgetting curve</h2>",
             "<p>Each variant at the share of Alpaca examples in its training budget; cells: value "
-            "[95% CI]. The first row (and the dashed line) is the base model.</p>",
+            "[95% CI] (p, Holm-adjusted p vs base). The first row (and the dashed line) is the base model.</p>",
             _html_table(header, rows, numeric_from=2),
+            f"<p class='note'>{html.escape(curve_note(curve))}</p>",
             f"<img alt='forgetting curve' src='data:image/png;base64,{_figure_png(plot_forgetting_curve(curve))}'>",
         ]
     parts.append("<h2 id='examples'>Example predictions</h2>")

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from mift_kedro.pipelines.reporting import stats
+
 #: (eval_set, metric) pairs on the curve: in-domain skill, then general skill.
 DEFAULT_CURVE_METRICS = [
     ("sentiment", "accuracy"),
@@ -22,8 +24,8 @@ DEFAULT_CURVE_METRICS = [
 ]
 CURVE_COLUMNS = [
     "eval_set", "metric", "model", "display_name", "alpaca_fraction",
-    "value", "ci_low", "ci_high", "delta_vs_base", "p_value_vs_base",
-    "base_value", "base_ci_low", "base_ci_high",
+    "value", "ci_low", "ci_high", "delta_vs_base", "p_value_vs_base", "p_holm_vs_base",
+    "bootstrap_resamples", "base_value", "base_ci_low", "base_ci_high",
 ]
 
 
@@ -34,8 +36,9 @@ def forgetting_curve(
     base_model: str = "base",
 ) -> pd.DataFrame:
     """One row per (eval_set, metric, variant): its Alpaca fraction, value and 95% CI, its paired
-    difference from the base model and p-value, and the base model's value and CI. Metrics in
-    the order asked for (in-domain first), variants by their fraction."""
+    difference from the base model, p-value and Holm-adjusted p-value (the family: every test on
+    the curve), and the base model's value and CI. Metrics in the order asked for (in-domain
+    first), variants by their fraction."""
     rows = []
     indexed = metrics.set_index(["eval_set", "metric", "model"])
     for eval_set, metric in curve_metrics or DEFAULT_CURVE_METRICS:
@@ -55,10 +58,13 @@ def forgetting_curve(
                     # the paired comparison with the base model on the same items, when scored
                     "delta_vs_base": point.get("delta_vs_base"),
                     "p_value_vs_base": point.get("p_value_vs_base"),
+                    "bootstrap_resamples": point.get("bootstrap_resamples"),
                     "base_value": base["value"], "base_ci_low": base["ci_low"], "base_ci_high": base["ci_high"],
                 }
             )
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    curve = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    curve["p_holm_vs_base"] = stats.holm(curve["p_value_vs_base"].astype(float))
+    return curve
 
 
 def _alpaca_fraction(spec: dict[str, Any]) -> float:
@@ -67,12 +73,13 @@ def _alpaca_fraction(spec: dict[str, Any]) -> float:
 
 def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and rows: the base model, then one row per variant by Alpaca fraction; one column
-    per metric, cells ``value [95% CI]``."""
+    per metric, cells ``value [95% CI]``, for variants followed by ``(p, Holm p)`` against the
+    base model (Holm over every test on the curve)."""
     keys = list(dict.fromkeys(curve["eval_set"] + " " + curve["metric"]))
     header = ["Alpaca fraction", "model", *keys]
     if curve.empty:
         return header, []
-    cell = curve.assign(key=curve["eval_set"] + " " + curve["metric"])
+    cell = curve.assign(key=curve["eval_set"] + " " + curve["metric"], p_text=stats.comparison_texts(curve))
     base = cell.drop_duplicates("key").set_index("key")
     rows = [["—", "base", *(_interval(base.loc[k], "base_") for k in keys)]]
     for (fraction, name), part in cell.groupby(["alpaca_fraction", "display_name"], sort=True):
@@ -82,17 +89,26 @@ def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def _interval(point: pd.Series, prefix: str = "") -> str:
-    """``value [ci_low, ci_high]`` of a curve row (``prefix="base_"``: the base model's)."""
-    return f"{point[prefix + 'value']:.3f} [{point[prefix + 'ci_low']:.3f}, {point[prefix + 'ci_high']:.3f}]"
+    """``value [ci_low, ci_high]`` of a curve row (``prefix="base_"``: the base model's), with
+    ``(p, Holm p)`` for a variant's row that has a test."""
+    text = f"{point[prefix + 'value']:.3f} [{point[prefix + 'ci_low']:.3f}, {point[prefix + 'ci_high']:.3f}]"
+    p_text = "" if prefix else point.get("p_text", "")
+    return f"{text} ({p_text})" if p_text else text
+
+
+def curve_note(curve: pd.DataFrame) -> str:
+    """The family statement of the curve's p-values."""
+    return stats.family_note(curve, "on this curve (every variant on every metric)")
 
 
 def forgetting_curve_markdown(curve: pd.DataFrame) -> str:
-    """The curve as a Markdown table (see :func:`curve_table`)."""
+    """The curve as a Markdown table (see :func:`curve_table`), with its family statement."""
     if curve.empty:
         return "_No forgetting curve: no variant was scored._\n"
     header, rows = curve_table(curve)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", curve_note(curve)]
     return "\n".join(lines) + "\n"
 
 

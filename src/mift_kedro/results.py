@@ -1,0 +1,259 @@
+"""Results as data: keep a finished run's results in the repository, and write the README's
+result tables from them.
+
+``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the forgetting
+curve, the plots, each variant's training record, the run's parameters and its per-pipeline
+timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
+``manifest.json`` naming each file's dataset, version and SHA-256. ``render-readme`` replaces
+every block of the README between
+
+    <!-- results:<name>:<table>:start -->  and  <!-- results:<name>:<table>:end -->
+
+with the table generated from ``docs/results/<name>/``; ``--check`` only compares, and fails
+when a block and the files disagree (the test suite runs it). Tables: ``table_A``,
+``table_B``, ``table_C``, ``forgetting_curve`` (the run's own Markdown files), ``timings``
+(``pipeline_timings.json``) and ``training`` (the training records).
+
+    python -m mift_kedro.results export [latest|<version>|<a run's version folder>] docs/results/demo
+    python -m mift_kedro.results render-readme [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mift_kedro import runs
+
+#: Catalog dataset -> file name under docs/results/<name>/. `metrics` is required.
+EXPORTS = {
+    "metrics": "metrics.csv",
+    **{f"table_{t}_{kind}": f"table_{t}.{kind}" for t in "ABC" for kind in ("csv", "md")},
+    "forgetting_curve": "forgetting_curve.csv",
+    "forgetting_curve_md": "forgetting_curve.md",
+    **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "forgetting_curve")},
+    "run_parameters": "run_parameters.json",
+    "pipeline_timings": "pipeline_timings.json",
+}
+REQUIRED = ("metrics",)
+MANIFEST = "manifest.json"
+MARKER = re.compile(
+    r"(<!-- results:(?P<name>[\w.-]+):(?P<table>\w+):start -->\n)(?P<body>.*?)(<!-- results:(?P=name):(?P=table):end -->)",
+    re.DOTALL,
+)
+
+
+class ResultsError(Exception):
+    """A run or a results folder that cannot be exported or rendered; the message says why."""
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def project_catalog(project: Path, env: str | None = None) -> Any:
+    """The project's data catalog (configuration only: no session, no hooks, nothing loaded)."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    loader = OmegaConfigLoader(str(project / "conf"), base_env="base", default_run_env="local", env=env)
+    return DataCatalog.from_config(loader["catalog"])
+
+
+def resolve_version(catalog: Any, project: Path, run: str) -> str:
+    """``latest`` (the newest ``metrics``), a version string, or a run's version folder."""
+    available = runs.versions(catalog, "metrics", project)
+    if not available:
+        raise ResultsError(f"no run in {project}: no versions of metrics ({runs.dataset_file(catalog, 'metrics', '_', project).parent.parent})")
+    if run == "latest":
+        return available[-1]
+    version = Path(run).name
+    if version not in available:
+        raise ResultsError(f"metrics has no version {version!r}; the runs are: {', '.join(available)}")
+    return version
+
+
+def export(project: Path, run: str, dest: Path, env: str | None = None) -> dict[str, Any]:
+    """Copy the run's results into ``dest`` (replacing what was there) and write the manifest.
+
+    A dataset missing at the run's version (e.g. training ran in an earlier ``kedro run``) is
+    taken from its newest version not after the run's, and the manifest records which."""
+    project = project.resolve()
+    catalog = project_catalog(project, env)
+    version = resolve_version(catalog, project, run)
+    exports = dict(EXPORTS)
+    found = _file_at_or_before(catalog, "run_parameters", version, project)
+    parameters = _load_json(found[0]) if found else None
+    for variant in (parameters or {}).get("variants", {}):
+        exports[f"{variant}.training_metrics"] = f"training_metrics/{variant}.json"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    files, missing = {}, []
+    for name, filename in exports.items():
+        found = _file_at_or_before(catalog, name, version, project)
+        if found is None:
+            if name in REQUIRED:
+                raise ResultsError(f"{name} of run {version} not found")
+            missing.append(name)
+            continue
+        source, source_version = found
+        target = dest / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        files[filename] = {"dataset": name, "version": source_version, "sha256": _sha256(target)}
+    manifest = {
+        "name": dest.name,
+        "version": version,
+        "env": (_load_json(dest / "pipeline_timings.json") or {}).get("env") or "local",
+        "command": f"python -m mift_kedro.results export {version} {dest.as_posix()}",
+        "files": files,
+        "missing": missing,
+    }
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _file_at_or_before(catalog: Any, name: str, version: str, project: Path) -> tuple[Path, str] | None:
+    candidates = [v for v in runs.versions(catalog, name, project) if v <= version]
+    if not candidates:
+        return None
+    chosen = version if version in candidates else candidates[-1]
+    return runs.dataset_file(catalog, name, chosen, project), chosen
+
+
+def verify(folder: Path) -> list[str]:
+    """Files of an exported folder whose content no longer matches its manifest."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return [name for name, meta in manifest["files"].items() if _sha256(folder / name) != meta["sha256"]]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_json(path: Path | None) -> Any:
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+# --- README blocks ------------------------------------------------------------------------
+
+
+def _markdown_file(filename: str) -> Callable[[Path], str]:
+    def render(folder: Path) -> str:
+        text = (folder / filename).read_text().strip("\n")
+        # the run's file opens with its own `## Title`: a bold line inside the README's section
+        return re.sub(r"\A#+ (.*)$", r"**\1**", text, count=1, flags=re.MULTILINE)
+
+    return render
+
+
+def _timings(folder: Path) -> str:
+    record = json.loads((folder / "pipeline_timings.json").read_text())
+    lines = ["| pipeline | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in record["seconds"].items()]
+    lines.append(f"| all nodes | {record['total_node_s']:.0f} |")
+    lines.append(f"| pipeline wall time | {record['pipeline_wall_s']:.0f} |")
+    host = record.get("host", {})
+    machine = ", ".join(
+        str(x) for x in (host.get("platform"), f"{host.get('cpu_count')} CPUs", *(host.get("gpus") or [])) if x
+    )
+    started = record.get("started_at") or "?"
+    return "\n".join(lines) + f"\n\n_Run started {started} (env `{record.get('env') or 'local'}`) on {machine}._"
+
+
+def _training(folder: Path) -> str:
+    lines = ["| variant | steps | tokens seen | tokens/s | wall time (s) | loss first → last step |", "|---|---:|---:|---:|---:|---|"]
+    for path in sorted((folder / "training_metrics").glob("*.json")):
+        r = json.loads(path.read_text())
+        loss = " → ".join("n/a" if v is None else f"{v:.3f}" for v in (r.get("loss_start"), r.get("loss_end")))
+        lines.append(
+            f"| {r['variant']} | {r['steps']} | {r['tokens_seen']} | {r['tokens_per_s']} | {r['wall_time_s']} | {loss} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
+    **{f"table_{t}": (f"table_{t}.md", _markdown_file(f"table_{t}.md")) for t in "ABC"},
+    "forgetting_curve": ("forgetting_curve.md", _markdown_file("forgetting_curve.md")),
+    "timings": ("pipeline_timings.json", _timings),
+    "training": ("training_metrics/", _training),
+}
+
+
+def render_block(results: Path, name: str, table: str) -> str:
+    """The generated body of one README block (without its markers)."""
+    if table not in TABLES:
+        raise ResultsError(f"unknown results table {table!r} in a README marker; known: {', '.join(TABLES)}")
+    folder = results / name
+    if not (folder / MANIFEST).is_file():
+        raise ResultsError(f"README refers to results {name!r}, but {folder / MANIFEST} does not exist: export the run first")
+    source, render = TABLES[table]
+    note = (
+        f"<!-- generated by `python -m mift_kedro.results render-readme` from "
+        f"{(folder / source).as_posix()}; edit the data, not this block -->"
+    )
+    return f"{note}\n{render(folder).strip()}\n"
+
+
+def render_readme(text: str, results: Path) -> str:
+    """``text`` with every results block regenerated from the files under ``results``."""
+    return MARKER.sub(
+        lambda m: m.group(1) + render_block(results, m.group("name"), m.group("table")) + m.group(5), text
+    )
+
+
+def readme_blocks(text: str) -> list[tuple[str, str]]:
+    """The (name, table) of every results block in ``text``."""
+    return [(m.group("name"), m.group("table")) for m in MARKER.finditer(text)]
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mift_kedro.results", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ex = commands.add_parser("export", help="copy a finished run's results into docs/results/<name>")
+    ex.add_argument("run", nargs="?", default="latest", help="latest (default), a version, or a run's version folder")
+    ex.add_argument("dest", type=Path, help="e.g. docs/results/demo")
+    ex.add_argument("--project", type=Path, default=Path("."), help="the project that ran (default: .)")
+    ex.add_argument("--env", default=None, help="the configuration environment the run used")
+    rd = commands.add_parser("render-readme", help="regenerate the README's results blocks")
+    rd.add_argument("--readme", type=Path, default=Path("README.md"))
+    rd.add_argument("--results", type=Path, default=Path("docs/results"))
+    rd.add_argument("--check", action="store_true", help="only compare; exit 1 when a block is out of date")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            manifest = export(args.project, args.run, args.dest, args.env)
+            print(f"exported run {manifest['version']} to {args.dest}: {len(manifest['files'])} files"  # noqa: T201
+                  + (f"; missing: {', '.join(manifest['missing'])}" if manifest["missing"] else ""))
+            return 0
+        text = args.readme.read_text()
+        rendered = render_readme(text, args.results)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    if rendered == text:
+        print(f"{args.readme}: {len(readme_blocks(text))} results block(s) up to date")  # noqa: T201
+        return 0
+    if args.check:
+        diff = difflib.unified_diff(text.splitlines(True), rendered.splitlines(True), str(args.readme), "generated")
+        print("".join(diff), end="", file=sys.stderr)  # noqa: T201
+        print(f"{args.readme} disagrees with {args.results}: run `python -m mift_kedro.results render-readme`", file=sys.stderr)  # noqa: T201
+        return 1
+    args.readme.write_text(rendered)
+    print(f"{args.readme}: {len(readme_blocks(rendered))} results block(s) regenerated")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

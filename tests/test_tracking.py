@@ -1,0 +1,99 @@
+"""Experiment tracking (kedro-mlflow): it can be switched off by configuration, and a tracking
+failure, at set-up or in the middle of a run, never costs the run its catalog outputs.
+
+Each test runs the data_engineering pipeline (seconds); what a full run records in MLflow is
+tested on the end-to-end fixture run (tests/test_end_to_end.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from mift_kedro import tracking
+from tests.conftest import copy_project
+
+STORE = Path("data/09_tracking/mlflow.db")
+
+
+def _kedro_run(project: Path, shared_data: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", "run", "--pipeline", "data_engineering", *args],
+        # wide enough that rich does not wrap a log message
+        cwd=project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data), "COLUMNS": "400"},
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def _assert_outputs_saved(project: Path) -> None:
+    """The run's catalog outputs, including what hooks save, are on disk (one version each)."""
+    for path in ("05_model_input/eval/sentiment.jsonl", "05_model_input/custom_only/training_set.jsonl",
+                 "08_reporting/run_parameters.json", "08_reporting/pipeline_timings.json"):
+        versions = list((project / "data" / path).iterdir())
+        assert len(versions) == 1 and (versions[0] / Path(path).name).is_file(), path
+
+
+def test_an_unwritable_store_costs_the_run_nothing(tmp_path, shared_data):
+    project = copy_project(tmp_path / "project")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory, so no store can be created below it (even as root)")
+    store = {"server": {"mlflow_tracking_uri": f"sqlite:///{blocker}/mlflow.db"}}
+    (project / "conf" / "local" / "mlflow.yml").write_text(yaml.safe_dump(store))
+    result = _kedro_run(project, shared_data)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "MLflow tracking failed while setting up the store" in log
+    assert "The run goes on without tracking" in log
+    _assert_outputs_saved(project)
+
+
+def test_tracking_switched_off_leaves_the_store_untouched(tmp_path, shared_data):
+    project = copy_project(tmp_path / "project")
+    result = _kedro_run(project, shared_data, "--params", "tracking.enabled=false")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "MLflow tracking is off" in result.stdout + result.stderr
+    assert not (project / STORE).exists()
+    _assert_outputs_saved(project)
+
+
+def test_a_failure_mid_run_closes_the_mlflow_run_and_keeps_the_outputs(kedro_project, monkeypatch, caplog):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", full_disk)
+    bootstrap_project(kedro_project)
+    logger = logging.getLogger(tracking.__name__)
+    logger.addHandler(caplog.handler)  # Kedro's logging set-up does not propagate to pytest's
+    try:
+        with KedroSession.create(project_path=kedro_project) as session:
+            session.run(pipeline_names=["data_engineering"])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "MLflow tracking failed while logging" in caplog.text and "No space left on device" in caplog.text
+    _assert_outputs_saved(kedro_project)
+    client = mlflow.MlflowClient(f"sqlite:///{kedro_project / STORE}")
+    (run,) = client.search_runs(client.get_experiment_by_name("mift_kedro").experiment_id)
+    assert run.info.status == "FAILED"
+    assert run.data.params["seed"] == "42"  # what was tracked before the failure is kept
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///data/09_tracking/mlflow.db", "sqlite:////project/data/09_tracking/mlflow.db"),
+        ("sqlite:////elsewhere/mlflow.db", "sqlite:////elsewhere/mlflow.db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        (None, None),
+    ],
+)
+def test_a_relative_sqlite_store_is_taken_from_the_project_root(uri, expected):
+    assert tracking.anchor_sqlite(uri, Path("/project")) == expected
