@@ -235,7 +235,7 @@ def test_qlora_4bit_trains_and_reloads_on_cpu(tiny_model_dir, tmp_path):
 def test_missing_model_directory_names_the_fix(tmp_path):
     with pytest.raises(models.ModelNotFoundError, match="prepare_base_model"):
         models.load_causal_lm(str(tmp_path / "nowhere"))
-    with pytest.raises(DatasetError, match="kedro run --pipeline training"):
+    with pytest.raises(DatasetError, match="kedro run --pipelines training"):
         BaseModelDataset(filepath=str(tmp_path / "base")).load()
 
 
@@ -330,7 +330,7 @@ def test_process_count_that_cannot_split_the_batch_names_the_fix():
 
 
 def test_more_processes_than_gpus_is_an_error_naming_num_processes(monkeypatch):
-    from mift_kedro.pipelines.training import distributed
+    from mift_kedro import distributed
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

@@ -6,7 +6,7 @@ It launches with the reproduction's config (`conf/llama2/accelerate_multi_gpu.ya
 the process count on the command line). accelerate's `--cpu` mode starts several processes
 only through MPI (`--mpirun_hostfile`); the multi-GPU launcher starts them with
 torch.distributed.run, and without GPUs the pipeline makes them CPU ranks over gloo (see
-mift_kedro.pipelines.training.distributed)."""
+mift_kedro.distributed)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_two_process_accelerate_run_writes_one_adapter(kedro_project, tiny_model
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(PROJECT_ROOT / "conf/llama2/accelerate_multi_gpu.yaml"),
         "--num_processes", "2", "--main_process_port", str(_free_port()),
-        "-m", "mift_kedro", "--pipeline", "training", "--namespaces", "custom_only",
+        "-m", "mift_kedro", "--pipelines", "training", "--namespaces", "custom_only",
         "--params", ",".join(f"training.{key}={value}" for key, value in OVERRIDES.items()),
     ]
     result = subprocess.run(

@@ -1,6 +1,7 @@
 """Kedro hooks: share the active config with the pipeline registry, validate parameters and
-check what the run needs from the Hugging Face Hub before the first node, and keep each run's
-parameters and per-pipeline timings as versioned data next to its results."""
+check what the run needs from the Hugging Face Hub before the first node, let only the main
+process of an ``accelerate launch`` write artifacts, and keep each run's parameters and
+per-pipeline timings as versioned data next to its results."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from mift_kedro import config, hub
+from mift_kedro.distributed import distributed_state, is_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +214,46 @@ def _host() -> dict[str, Any]:
         if torch.cuda.is_available():
             host["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return host
+
+
+def _is_memory(catalog: Any, name: str) -> bool:
+    from kedro.io import MemoryDataset
+
+    try:
+        return isinstance(catalog[name], MemoryDataset)
+    except Exception:  # not registered yet: the runner makes it a MemoryDataset
+        return True
+
+
+class MainProcessSavesHooks:
+    """Under ``accelerate launch``, only the main process writes persisted catalog datasets.
+
+    Every process runs the same nodes (DDP needs every rank in the training step), but an
+    artifact must be written once: on the other processes saves of persisted datasets are
+    no-ops, and after each such save every process waits until the main one has written it
+    (so a later node on any rank can load it). In-memory datasets stay per process.
+    """
+
+    def __init__(self) -> None:
+        self._state = None
+        self._catalog = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        if not is_distributed():
+            return
+        self._state, self._catalog = distributed_state(), catalog
+        if self._state.is_main_process:
+            return
+        save = catalog.save
+
+        def save_on_main_only(name: str, data: Any) -> None:
+            if _is_memory(catalog, name):
+                save(name, data)
+
+        catalog.save = save_on_main_only
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        if self._state is not None and not _is_memory(self._catalog, dataset_name):
+            self._state.wait_for_everyone()

@@ -2,11 +2,11 @@
 
 from mift_kedro.hooks import (
     HubPreflightHooks,
+    MainProcessSavesHooks,
     ParameterValidationHooks,
     PipelineTimingHooks,
     ProjectConfigHooks,
 )
-from mift_kedro.pipelines.training.distributed import MainProcessSavesHooks
 from mift_kedro.tracking import TrackingHooks
 
 # MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.

@@ -65,7 +65,7 @@ class BaseModelDataset(AbstractDataset[Any, str]):
     def load(self) -> str:
         if models.read_source(self._filepath) is None:
             raise models.ModelNotFoundError(
-                f"No base model at {self._filepath}: prepare it once with `kedro run --pipeline "
+                f"No base model at {self._filepath}: prepare it once with `kedro run --pipelines "
                 "training` (or `kedro run --nodes prepare_base_model`); with `--namespaces`, "
                 "the shared prepare_base_model node does not run."
             )
