@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from kedro.io import DatasetError
+from transformers import TrainerCallback
 
 from mift_kedro import chat, config, models
 from mift_kedro.datasets import AdapterDataset, BaseModelDataset
@@ -17,7 +18,6 @@ from mift_kedro.pipelines.training import create_pipeline, nodes
 from mift_kedro.pipelines.training.params import TrainingParams, training_params
 from mift_kedro.pipelines.training.trainer import (
     CompletionOnlyTrainer,
-    StopAfterStep,
     packed_collator,
     register_packed_attention,
 )
@@ -62,6 +62,17 @@ def tiny_training(tmp_path: Path, **overrides) -> dict:
         "save_steps": 2, "checkpoint_dir": str(tmp_path / "checkpoints"), "torch_threads": 1,
     }
     return training_params(training, overrides).model_dump()
+
+
+class StopAfterStep(TrainerCallback):
+    """Raise after a given step (after its checkpoint is saved): a killed run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"simulated interruption after step {state.global_step}")
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
