@@ -46,6 +46,65 @@ class ParameterValidationHooks:
         catalog.save("run_parameters", params)
 
 
+class MissingInputsError(RuntimeError):
+    """The run reads datasets that no earlier run saved; the message names the pipeline to run."""
+
+
+class PipelineInputsHooks:
+    """Before the first node, checks that the persisted datasets this run reads but does not
+    make exist, and says in one line which pipeline makes the missing ones. On a fresh clone,
+    ``kedro run --pipelines training`` would otherwise stop at its first node with Kedro's
+    "Did not find any versions for ...training_set.jsonl".
+
+    Only inputs that a registered pipeline outputs are checked: raw data has no pipeline to
+    name, and its datasets' own errors say what to do.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from kedro.framework.project import pipelines
+
+        missing = missing_inputs(pipeline, catalog, pipelines)
+        if missing:
+            env = (run_params or {}).get("env")
+            raise MissingInputsError(missing_inputs_message(missing, list(pipelines), env))
+
+
+def missing_inputs(pipeline: Any, catalog: Any, registry: Any) -> dict[str, list[str]]:
+    """The free inputs of ``pipeline`` that a pipeline of ``registry`` makes but that are not
+    saved in ``catalog``, each with the registered pipelines that make it (in registry order;
+    ``__default__`` only when no named pipeline does)."""
+    from kedro.io import MemoryDataset
+
+    outputs = {name: registry[name].all_outputs() for name in registry}
+    missing = {}
+    for name in sorted(pipeline.inputs()):
+        makers = [p for p, made in outputs.items() if name in made]
+        makers = [p for p in makers if p != "__default__"] or makers
+        if not makers:
+            continue
+        dataset = catalog.get(name)
+        if dataset is None or isinstance(dataset, MemoryDataset) or catalog.exists(name):
+            continue
+        missing[name] = makers
+    return missing
+
+
+def missing_inputs_message(missing: dict[str, list[str]], order: list[str], env: str | None = None) -> str:
+    """One line: what is missing, and the command that makes it (pipelines in ``order``)."""
+    makers = [p for p in order if any(p in names for names in missing.values())]
+    names = sorted(missing)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    run = f"kedro run --env {env}" if env else "kedro run"
+    if makers == ["__default__"]:
+        return f"No earlier run saved {shown}: run plain `{run}`."
+    return (
+        f"No earlier run saved {shown}, which the {' and '.join(makers)} pipeline"
+        f"{'s make' if len(makers) > 1 else ' makes'}: run `{run} --pipelines {','.join(makers)}` "
+        f"first, or plain `{run}`."
+    )
+
+
 class HubPreflightHooks:
     """Before the first node, checks that everything this run will need from the Hugging Face
     Hub is in its cache or downloadable now, and fails with ONE error that lists each missing

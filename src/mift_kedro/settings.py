@@ -4,18 +4,21 @@ from mift_kedro.hooks import (
     HubPreflightHooks,
     MainProcessSavesHooks,
     ParameterValidationHooks,
+    PipelineInputsHooks,
     PipelineTimingHooks,
     ProjectConfigHooks,
 )
 from mift_kedro.tracking import TrackingHooks
 
+# Order of the before_pipeline_run checks: pluggy calls hooks registered later first, so the
+# parameters are validated, then PipelineInputsHooks names the pipeline that makes a missing
+# input; HubPreflightHooks runs after every other one (trylast).
 # MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.
-# HubPreflightHooks runs after every other before_pipeline_run hook (trylast), so after
-# the parameters are validated.
 # TrackingHooks: kedro-mlflow's hook (conf/<env>/mlflow.yml) made failure-safe, with the
 # project's results; it replaces the instance the plugin registers itself.
 HOOKS = (
     ProjectConfigHooks(),
+    PipelineInputsHooks(),
     ParameterValidationHooks(),
     HubPreflightHooks(),
     MainProcessSavesHooks(),
