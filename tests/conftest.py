@@ -21,7 +21,12 @@ LLAMA2_CHAT_TEMPLATE = (PROJECT_ROOT / "conf" / "llama2" / "chat_template_llama2
 
 
 def pytest_configure(config):
-    """Mark the session's processes (workers and everything they start inherit the mark)."""
+    """Ignore the library warnings the project ignores in runs; mark the session's processes
+    (workers and everything they start inherit the mark)."""
+    from mift_kedro.library_warnings import pytest_filters
+
+    for line in pytest_filters():
+        config.addinivalue_line("filterwarnings", line)
     if not hasattr(config, "workerinput"):  # the controller, or a run without workers
         os.environ[processes.SESSION_MARK] = uuid.uuid4().hex
 

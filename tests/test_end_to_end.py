@@ -7,6 +7,7 @@ each) feeds every test here, so the suite pays for it once.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,9 +44,13 @@ def fixture_run(tmp_path_factory, shared_data, embedded_base_model):
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(_tiny_parameters()))
     result = processes.run(
         [sys.executable, "-m", "kedro", "run"],
-        cwd=project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data)}, timeout=900,
+        # wide enough that rich does not wrap a log message
+        cwd=project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data), "COLUMNS": "400"}, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    # nothing a user must learn to ignore: no Python warning at all (library_warnings.py)
+    output = result.stdout + result.stderr
+    assert re.findall(r".{0,200}\w*Warning: .{0,200}", output) == []
     return project
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+import click
 from kedro.framework.hooks import hook_impl
 
 from mift_kedro import config, hub
@@ -46,8 +47,12 @@ class ParameterValidationHooks:
         catalog.save("run_parameters", params)
 
 
-class MissingInputsError(RuntimeError):
-    """The run reads datasets that no earlier run saved; the message names the pipeline to run."""
+class MissingInputsError(click.ClickException):
+    """The run reads datasets that no earlier run saved; the message names the pipeline to run.
+
+    A ``click`` exception, so ``kedro run`` prints it as one line (``Error: ...``) and exits
+    with status 1, without a traceback; elsewhere (a notebook, a test) it is an ordinary error.
+    """
 
 
 class PipelineInputsHooks:

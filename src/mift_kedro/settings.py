@@ -1,6 +1,12 @@
 """Project settings: hooks and the config loader (https://docs.kedro.org/en/stable/configure/)."""
 
-from mift_kedro.hooks import (
+from mift_kedro.library_warnings import ignore_library_warnings, import_quietly
+
+# Before anything below imports the libraries that raise them at import time
+ignore_library_warnings()
+import_quietly("kedro_mlflow.mlflow")
+
+from mift_kedro.hooks import (  # noqa: E402
     HubPreflightHooks,
     MainProcessSavesHooks,
     ParameterValidationHooks,
@@ -8,7 +14,7 @@ from mift_kedro.hooks import (
     PipelineTimingHooks,
     ProjectConfigHooks,
 )
-from mift_kedro.tracking import TrackingHooks
+from mift_kedro.tracking import TrackingHooks  # noqa: E402
 
 # Order of the before_pipeline_run checks: pluggy calls hooks registered later first, so the
 # parameters are validated, then PipelineInputsHooks names the pipeline that makes a missing
