@@ -32,6 +32,7 @@ def _warn_from(module: str, message: str, category: type[Warning]) -> list[str]:
     (UserWarning, "register_new_resolver() is deprecated and will be removed", "kedro.config.omegaconf_config"),
     (UserWarning, "register_new_resolver() is deprecated and will be removed", "kedro_mlflow.framework.hooks.mlflow_hook"),
     (FutureWarning, "`is_gradient_checkpointing` is deprecated and will be removed in v6.", "transformers.modeling_utils"),
+    (FutureWarning, "`gradient_checkpointing_enable` is deprecated and will be removed in v6.", "transformers.modeling_utils"),
     (DeprecationWarning, "`torch.jit.script_method` is deprecated.", "torch.jit._script"),
 ])
 def test_library_warnings_are_ignored_by_where_they_come_from(category, message, module):

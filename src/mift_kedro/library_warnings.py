@@ -23,8 +23,10 @@ IGNORED: tuple[tuple[type[Warning], str, str], ...] = (
     # mlflow, on kedro-mlflow's model class (untyped `predict`), when kedro-mlflow is imported
     # (mlflow raises it under its own "once" filter: see import_quietly)
     (UserWarning, r".*Add type hints to the `predict` method", r"mlflow\.pyfunc\.utils\.data_validation"),
-    # transformers, when peft and its own Trainer read the old property name
+    # transformers, when peft and its own Trainer use the old names (the project calls neither;
+    # transformers attributes these to itself, whoever the caller)
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated", r"transformers\.modeling_utils"),
     # torch, when a library defines a torch.jit.ScriptModule at import
     (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated", r"torch\.jit\._script"),
     # kedro-mlflow's configuration models (pydantic v1-style `class Config`)
