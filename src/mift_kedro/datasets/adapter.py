@@ -165,12 +165,17 @@ class BaseModelDataset(AbstractDataset[Any, str]):
         if data.source == "embedded":
             if converted and recorded and (recorded["source"], recorded["name"]) == (data.source, data.name):
                 logger.info("Base model already converted at %s", self._path())
+                if recorded == data.to_dict():
+                    return  # nothing to write: runs sharing the directory never see it change
             else:
                 with _local_dir_to_write(self._fs, self._protocol, self._path()) as local:
                     models.convert_embedded(data.name, local)
         elif converted:
             self._fs.rm(self._path(), recursive=True)  # never leave a stale converted model behind
-        self._fs.pipe_file(self._path(models.SOURCE_FILE), json.dumps(data.to_dict(), indent=2).encode())
+        # written whole under another name, then renamed: a reader never sees half a record
+        partial = self._path(f".{models.SOURCE_FILE}.partial")
+        self._fs.pipe_file(partial, json.dumps(data.to_dict(), indent=2).encode())
+        self._fs.mv(partial, self._path(models.SOURCE_FILE))
 
 
 class AdapterDataset(AbstractVersionedDataset[Any, Any]):
