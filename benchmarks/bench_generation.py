@@ -38,7 +38,7 @@ def latest_eval_set(name: str) -> list:
     if not files:
         sys.exit(
             f"No evaluation set {name!r}: run `MIFT_DATA_DIR=shared/data kedro run "
-            "--pipeline data_engineering` first."
+            "--pipelines data_engineering` first."
         )
     return list(pd.read_json(files[-1], lines=True, dtype=False)["prompt"])
 

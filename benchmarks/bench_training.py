@@ -100,7 +100,7 @@ def latest_training_set(variant: str):
 
     files = sorted(glob.glob(str(ROOT / f"data/05_model_input/{variant}/training_set.jsonl/*/training_set.jsonl")))
     if not files:
-        sys.exit(f"No training set for {variant!r}: run `kedro run --pipeline data_engineering` first.")
+        sys.exit(f"No training set for {variant!r}: run `kedro run --pipelines data_engineering` first.")
     return pd.read_json(files[-1], lines=True, dtype=False)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+
+from tests import processes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MIFT_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data").resolve()
@@ -15,6 +18,34 @@ CONVERTED = PROJECT_ROOT / "data" / "06_models" / "base_model"  # a run's embedd
 #: Llama-2-chat's chat template as published with meta-llama/Llama-2-7b-chat-hf, the file
 #: `--env llama2` applies to a tokenizer without a template of its own.
 LLAMA2_CHAT_TEMPLATE = (PROJECT_ROOT / "conf" / "llama2" / "chat_template_llama2.jinja").read_text()
+
+
+def pytest_configure(config):
+    """Ignore the library warnings the project ignores in runs; mark the session's processes
+    (workers and everything they start inherit the mark)."""
+    from mift_kedro.library_warnings import pytest_filters
+
+    for line in pytest_filters():
+        config.addinivalue_line("filterwarnings", line)
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        os.environ[processes.SESSION_MARK] = uuid.uuid4().hex
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has stopped its workers
+def pytest_sessionfinish(session):
+    """Fail the session when a process started by a test is still running, and stop it."""
+    if hasattr(session.config, "workerinput"):
+        return
+    mark = os.environ.get(processes.SESSION_MARK)
+    left = processes.survivors(mark) if mark else []
+    if left:
+        lines = "\n".join(f"  {processes.describe(p)}" for p in left)
+        processes.kill(left)
+        session.config.get_terminal_writer().line(
+            f"FAILED: {len(left)} process(es) started by the tests were still running (now killed):\n"
+            f"{lines}", red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,14 @@ import base64
 import contextlib
 import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests.processes import stop_group
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -94,24 +94,3 @@ class Browser:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
-    """Stop a process started with ``start_new_session=True`` and every child it spawned."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        # the leader is gone; its children may still be stopping
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)

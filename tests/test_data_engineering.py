@@ -184,7 +184,7 @@ def test_same_seed_gives_nested_sentiment_subsets(sentiment_pool, alpaca_pool):
 
 def test_budget_larger_than_the_data_is_an_error(sentiment_pool, alpaca_pool):
     too_big = {**BOTH, "budget": 2 * (len(alpaca_pool) + 10)}
-    with pytest.raises(ValueError, match="only .* are available; lower the variant's `budget`"):
+    with pytest.raises(ValueError, match=r"only .* are available; lower the `budget` of variant 'FT-BothInstruction' \(`variants\.<name>\.budget`\)"):
         nodes.mix_training_set(sentiment_pool, alpaca_pool, too_big, seed=0)
 
 
@@ -223,6 +223,12 @@ def test_eval_sets(sentiment_pool, alpaca_pool):
         nodes.build_alpaca_eval(alpaca_pool.iloc[:0], {"size": 5}, seed=0)
     with pytest.raises(ValueError, match="lower `eval_sets.sentiment.size`"):
         nodes.build_sentiment_eval(sentiment_pool.iloc[:5], {"size": 10}, seed=0)
+    # enough rows, too few of one label for a balanced set: still the evaluation set's parameter
+    lopsided = pd.concat([sentiment_pool[sentiment_pool["label"] == 1].iloc[:25],
+                          sentiment_pool[sentiment_pool["label"] == 0].iloc[:5]])
+    with pytest.raises(ValueError, match=r"\(label 0\): needs 10 examples but only 5 .*lower `eval_sets\.sentiment\.size`") as error:
+        nodes.build_sentiment_eval(lopsided, {"size": 20}, seed=0)
+    assert "budget" not in str(error.value)
 
 
 def test_out_of_sample_instructions_cover_ten_task_types():

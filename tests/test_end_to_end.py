@@ -7,6 +7,7 @@ each) feeds every test here, so the suite pays for it once.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import PROJECT_ROOT, copy_project
 
 pytestmark = pytest.mark.slow
@@ -40,12 +42,15 @@ def fixture_run(tmp_path_factory, shared_data, embedded_base_model):
     (project / "data" / "06_models").mkdir(parents=True)
     (project / "data" / "06_models" / "base_model").symlink_to(embedded_base_model)
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(_tiny_parameters()))
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-m", "kedro", "run"],
-        cwd=project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data)},
-        capture_output=True, text=True, timeout=900,
+        # wide enough that rich does not wrap a log message
+        cwd=project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data), "COLUMNS": "400"}, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    # nothing a user must learn to ignore: no Python warning at all (library_warnings.py)
+    output = result.stdout + result.stderr
+    assert re.findall(r".{0,200}\w*Warning: .{0,200}", output) == []
     return project
 
 
@@ -53,19 +58,53 @@ def _versions(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir())
 
 
-def test_kedro_run_writes_every_artifact(fixture_run):
+def _latest(path: Path) -> Path:
+    """The file of the single version of a versioned dataset at ``path``."""
+    (version,) = _versions(path)
+    return version / path.name
+
+
+def test_kedro_run_writes_every_artifact_with_its_contents(fixture_run):
+    """Every model on every evaluation set: predictions, metrics, a column in each table, a
+    mention in the report."""
+    import pandas as pd
+
     data = fixture_run / "data"
-    for variant in ("custom_only", "both_instructions"):
+    params = _tiny_parameters()
+    variants = list(params["variants"])
+    models = ["base", *variants]
+    eval_sets = {"sentiment": 3, "out_of_sample": 3, "alpaca": 2}  # reporting.limit 3, alpaca has 2
+    for variant in variants:
         assert len(_versions(data / "06_models" / variant / "adapter")) == 1
-        assert len(_versions(data / "07_model_output" / variant / "predictions.jsonl")) == 1
-    assert len(_versions(data / "07_model_output" / "base" / "predictions.jsonl")) == 1
-    for name in ("metrics.csv", "report.html", "tables/table_A.md", "tables/table_B.csv", "tables/table_C.csv",
-                 "plots/sentiment.png", "study_comparison.csv", "study_comparison.md"):
-        assert len(_versions(data / "08_reporting" / name)) == 1, name
-    report = next((data / "08_reporting" / "report.html").rglob("report.html")).read_text()
-    for title in ("Table A", "Table B", "Table C", "FT-CustomOnly", "FT-BothInstruction",
+    for model in models:
+        predictions = pd.read_json(_latest(data / "07_model_output" / model / "predictions.jsonl"), lines=True)
+        assert predictions.groupby("eval_set").size().to_dict() == eval_sets, model
+        assert predictions["prediction"].str.strip().ne("").all(), model
+        assert (predictions["completion_tokens"] > 0).all() and set(predictions["model"]) == {model}
+
+    metrics = pd.read_csv(_latest(data / "08_reporting" / "metrics.csv"))
+    assert set(metrics["model"]) == set(models)
+    for model, part in metrics.groupby("model"):
+        assert set(part["eval_set"]) == set(eval_sets), model
+        assert {"accuracy", "macro_f1", "bertscore_f1", "rougeL"} <= set(part.loc[part["eval_set"] == "sentiment", "metric"])
+        assert part["value"].notna().all(), model
+    displays = metrics.drop_duplicates("model").set_index("model")["display_name"].to_dict()
+    assert [displays[v] for v in variants] == [params["variants"][v]["display_name"] for v in variants]
+
+    tables = data / "08_reporting" / "tables"
+    for table, eval_set in (("table_A", "sentiment"), ("table_B", "out_of_sample"), ("table_C", "alpaca")):
+        frame = pd.read_csv(_latest(tables / f"{table}.csv"))
+        assert set(displays.values()) <= set(frame.columns), table
+        assert frame[list(displays.values())].notna().all().all(), table
+        header = _latest(tables / f"{table}.md").read_text()
+        assert all(f"| {name} " in header for name in displays.values()), table
+    for name in ("plots/sentiment.png", "study_comparison.csv", "study_comparison.md"):
+        assert _latest(data / "08_reporting" / name).stat().st_size > 0, name
+
+    report = _latest(data / "08_reporting" / "report.html").read_text()
+    for title in ("Table A", "Table B", "Table C", *displays.values(),
                   "Against the reference study", "Base weights of every model (3 checked)"):
-        assert title in report
+        assert title in report, title
 
 
 def test_analysis_notebook_runs(fixture_run):
@@ -151,7 +190,6 @@ def mlflow_ui(fixture_run, tmp_path):
     """`kedro mlflow ui` on a free loopback port; stopped with all its children at the end."""
     import urllib.request
 
-    from tests.headless import stop_group
     from tests.test_viz import _free_port
 
     port = _free_port()
@@ -168,11 +206,11 @@ def mlflow_ui(fixture_run, tmp_path):
                 break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                stop_group(process)
+                processes.stop_group(process)
                 pytest.fail(f"kedro mlflow ui did not start:\n{(tmp_path / 'mlflow_ui.log').read_text()[-3000:]}")
             time.sleep(1)
     yield url
-    stop_group(process)
+    processes.stop_group(process)
     with pytest.raises(ProcessLookupError):  # no process of the server's group is left
         os.killpg(process.pid, 0)
 
@@ -240,8 +278,7 @@ def test_results_export_and_readme_blocks(fixture_run, tmp_path):
 
     dest = tmp_path / "docs" / "results" / "fixture"
     command = [sys.executable, "-m", "mift_kedro.results"]
-    done = subprocess.run([*command, "export", "latest", str(dest), "--project", str(fixture_run)],
-                          capture_output=True, text=True, timeout=300)
+    done = processes.run([*command, "export", "latest", str(dest), "--project", str(fixture_run)], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (version,) = [v.name for v in _versions(fixture_run / "data" / "08_reporting" / "metrics.csv")]
     manifest = json.loads((dest / "manifest.json").read_text())
@@ -259,13 +296,13 @@ def test_results_export_and_readme_blocks(fixture_run, tmp_path):
     blocks = "".join(f"<!-- results:fixture:{t}:start -->\n<!-- results:fixture:{t}:end -->\n\n" for t in results.TABLES)
     readme.write_text("# Results\n\n" + blocks)
     render = [*command, "render-readme", "--readme", str(readme), "--results", str(dest.parent)]
-    assert subprocess.run(render, capture_output=True, timeout=120).returncode == 0
+    assert processes.run(render, timeout=120).returncode == 0
     text = readme.read_text()
     assert "| Accuracy |" in text and "FT-CustomOnly" in text and "| training |" in text and "Holm p" in text
-    assert subprocess.run([*render, "--check"], capture_output=True, timeout=120).returncode == 0
+    assert processes.run([*render, "--check"], timeout=120).returncode == 0
     # a hand-edited cell: the check fails
     readme.write_text(text.replace("| Accuracy | ", "| Accuracy | 0.999 ", 1))
-    check = subprocess.run([*render, "--check"], capture_output=True, text=True, timeout=120)
+    check = processes.run([*render, "--check"], timeout=120)
     assert check.returncode == 1 and "disagrees" in check.stderr
     # a hand-edited result file: the manifest no longer matches
     (dest / "table_A.md").write_text((dest / "table_A.md").read_text().replace("Accuracy", "Acc."))

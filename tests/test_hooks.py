@@ -5,6 +5,7 @@ import json
 import logging
 import time
 
+import pandas as pd
 import pytest
 import yaml
 from huggingface_hub import HfApi
@@ -22,11 +23,14 @@ from mift_kedro.hooks import (
     ParameterValidationHooks,
     PipelineTimingHooks,
     hub_requirements,
+    missing_inputs,
+    missing_inputs_message,
 )
 from mift_kedro.hub import HubUnreachableError
 from mift_kedro.pipelines import data_engineering, reporting, training
 from mift_kedro.pipelines.data_engineering import nodes as de_nodes
 from mift_kedro.pipelines.training import nodes as training_nodes
+from tests import processes
 from tests.conftest import PROJECT_ROOT, hub_cache_repo
 
 
@@ -202,3 +206,62 @@ def test_kedro_run_llama2_offline_fails_before_the_first_node(kedro_project, off
     with KedroSession.create(project_path=kedro_project, env="llama2") as session:
         with pytest.raises(ParameterError, match=r"must lie in \[0, 1\]"):
             session.run()
+
+
+# --- a run whose inputs no earlier run saved ---------------------------------------------
+
+
+def _registry() -> dict[str, Pipeline]:
+    pipelines = {
+        "data_engineering": data_engineering.create_pipeline(variants=VARIANTS),
+        "training": training.create_pipeline(variants=VARIANTS),
+        "reporting": reporting.create_pipeline(variants=VARIANTS),
+    }
+    return {**pipelines, "__default__": sum(pipelines.values(), Pipeline([]))}
+
+
+def test_missing_inputs_name_the_pipeline_that_makes_them(kedro_project):
+    """A fresh project: the training and reporting pipelines need what earlier pipelines make."""
+    registry = _registry()
+    _, catalog = _setup("local")
+    training_needs = missing_inputs(registry["training"], catalog, registry)
+    assert training_needs == {f"{v}.training_set": ["data_engineering"] for v in VARIANTS}
+    assert missing_inputs_message(training_needs, list(registry)) == (
+        "No earlier run saved both_instructions.training_set, custom_only.training_set, which the "
+        "data_engineering pipeline makes: run `kedro run --pipelines data_engineering` first, "
+        "or plain `kedro run`."
+    )
+    reporting_needs = missing_inputs(registry["reporting"], catalog, registry)
+    assert reporting_needs["eval_sentiment"] == ["data_engineering"]
+    assert reporting_needs["base_model"] == reporting_needs["custom_only.adapter"] == ["training"]
+    assert "run `kedro run --env sweep --pipelines data_engineering,training` first, or plain " \
+        "`kedro run --env sweep`." in missing_inputs_message(reporting_needs, list(registry), "sweep")
+    assert missing_inputs(registry["__default__"], catalog, registry) == {}  # raw data: no maker
+
+    # once made, nothing is missing (--namespaces: only that variant's inputs count)
+    catalog.save("custom_only.training_set", pd.DataFrame({"prompt": [[]], "completion": [[]]}))
+    only_custom = registry["training"].only_nodes_with_namespaces(["custom_only"])
+    assert missing_inputs(only_custom, catalog, registry) == {"base_model": ["training"]}
+    catalog.save("both_instructions.training_set", pd.DataFrame({"prompt": [[]], "completion": [[]]}))
+    assert missing_inputs(registry["training"], catalog, registry) == {}
+
+
+def test_kedro_run_of_a_later_pipeline_first_says_what_to_run(kedro_project):
+    """`kedro run --pipelines training` on a fresh clone: before the first node, one line
+    naming the pipeline to run first, and no traceback."""
+    import os
+    import sys
+
+    result = processes.run(
+        [sys.executable, "-m", "kedro", "run", "--pipelines", "training"],
+        cwd=kedro_project, env={**os.environ, "COLUMNS": "400"}, timeout=300,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert output.strip().splitlines()[-1] == (
+        "Error: No earlier run saved both_instructions.training_set, custom_only.training_set, which "
+        "the data_engineering pipeline makes: run `kedro run --pipelines data_engineering` first, "
+        "or plain `kedro run`."
+    )
+    assert "Traceback" not in output
+    assert not (kedro_project / "data" / "06_models").exists()  # no node ran

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests import processes
 from tests.conftest import copy_project, save_model_dir, tiny_roberta_bertscore_model
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def rehearsal(tmp_path_factory, shared_data, llama2_sp_tokenizer_dir):
         ("training", [*accelerate, "--pipelines", "training", *params]),
         ("reporting", [*kedro, "--pipelines", "reporting", *params]),
     ):
-        result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        result = processes.run(command, cwd=project, env=env, timeout=600)
         assert result.returncode == 0, f"{name}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         logs[name] = result.stdout + result.stderr
     return project, tokenizer, logs

@@ -103,14 +103,36 @@ def test_sampling_settings_come_from_parameters():
     assert kwargs == {"do_sample": True, "num_beams": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 20}
 
 
-def test_shared_prefix_cache_changes_nothing_but_the_work(tiny_model):
+def _tokens_received(model, monkeypatch) -> list[int]:
+    """Record the number of tokens (batch x length) each forward pass of ``model`` receives."""
+    counts: list[int] = []
+    forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        counts.append(ids.numel())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    return counts
+
+
+def test_shared_prefix_cache_changes_nothing_but_the_work(tiny_model, monkeypatch):
+    """Same answers with and without the cache; with it, the shared prefix reaches the model
+    once instead of once per prompt (the tokens its forward passes receive show it)."""
     from mift_kedro.pipelines.reporting.generation import _shared_prefix
 
     model, tokenizer = tiny_model
     encoded = [tokenize_prompt(tokenizer, render_prompt(tokenizer, p)) for p in PROMPTS]
-    assert _shared_prefix(encoded) >= 8  # the chat template's system turn at least
+    shared = _shared_prefix(encoded)
+    assert shared >= 8  # the chat template's system turn at least
     assert _shared_prefix(encoded[:1]) == 0
+    received = _tokens_received(model, monkeypatch)
     on = generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, progress=False)
+    with_cache, calls_with_cache = sum(received), received.copy()
+    received.clear()
     off = generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=3, progress=False,
                    prefix_cache=False)
     assert on == off
+    assert calls_with_cache[0] == shared  # the prefix alone, once
+    assert sum(received) - with_cache == shared * (len(PROMPTS) - 1)

@@ -20,17 +20,18 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from mift_kedro import tracking
+from tests import processes
 from tests.conftest import copy_project
 
 STORE = Path("data/09_tracking/mlflow.db")
 
 
 def _kedro_run(project: Path, shared_data: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kedro", "run", "--pipeline", "data_engineering", *args],
+    return processes.run(
+        [sys.executable, "-m", "kedro", "run", "--pipelines", "data_engineering", *args],
         # wide enough that rich does not wrap a log message
         cwd=project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data), "COLUMNS": "400"},
-        capture_output=True, text=True, timeout=600,
+        timeout=600,
     )
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from kedro.io import DatasetError
+from transformers import TrainerCallback
 
 from mift_kedro import chat, config, models
 from mift_kedro.datasets import AdapterDataset, BaseModelDataset
@@ -17,7 +18,6 @@ from mift_kedro.pipelines.training import create_pipeline, nodes
 from mift_kedro.pipelines.training.params import TrainingParams, training_params
 from mift_kedro.pipelines.training.trainer import (
     CompletionOnlyTrainer,
-    StopAfterStep,
     packed_collator,
     register_packed_attention,
 )
@@ -62,6 +62,17 @@ def tiny_training(tmp_path: Path, **overrides) -> dict:
         "save_steps": 2, "checkpoint_dir": str(tmp_path / "checkpoints"), "torch_threads": 1,
     }
     return training_params(training, overrides).model_dump()
+
+
+class StopAfterStep(TrainerCallback):
+    """Raise after a given step (after its checkpoint is saved): a killed run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"simulated interruption after step {state.global_step}")
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
@@ -153,17 +164,50 @@ def test_train_adapter_saves_an_adapter_that_loads_and_generates(tiny_model_dir,
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-def test_versioned_adapter_dataset_keeps_every_version(tiny_model_dir, tmp_path):
+@pytest.fixture(params=["local", "memory"])
+def filesystem(request, tmp_path):
+    """Where a dataset writes: a local folder, or fsspec's in-memory filesystem (``memory://``,
+    standing for ``s3://`` and the like; emptied afterwards). Yields ``path(name)``."""
+    import fsspec
+
+    if request.param == "local":
+        yield lambda name: str(tmp_path / name)
+        return
+    root = f"/{tmp_path.name}"
+    yield lambda name: f"memory://{root}/{name}"
+    memory = fsspec.filesystem("memory")
+    if memory.exists(root):
+        memory.rm(root, recursive=True)
+
+
+def test_versioned_adapter_dataset_keeps_every_version(tiny_model_dir, tmp_path, filesystem):
+    """Two saves, two versions; the latest and a given version load the weights saved."""
     from kedro.io import Version
 
     adapter, _ = nodes.train_adapter(
         str(tiny_model_dir), sentiment_rows(4), VARIANT, tiny_training(tmp_path, max_steps=1), seed=1
     )
-    for version in ("2026-01-01T00.00.00.000Z", "2026-01-02T00.00.00.000Z"):
-        AdapterDataset(filepath=str(tmp_path / "a"), version=Version(None, version)).save(adapter)
-    latest = AdapterDataset(filepath=str(tmp_path / "a"), version=Version(None, None))
-    assert Path(latest._get_load_path()).parent.name == "2026-01-02T00.00.00.000Z"
-    assert "filepath" in latest._describe()
+    first_version, second_version = "2026-01-01T00.00.00.000Z", "2026-01-02T00.00.00.000Z"
+    AdapterDataset(filepath=filesystem("a"), version=Version(None, first_version)).save(adapter)
+    first = lora_state(adapter)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)
+    second = lora_state(adapter)
+    AdapterDataset(filepath=filesystem("a"), version=Version(None, second_version)).save(adapter)
+
+    latest = AdapterDataset(filepath=filesystem("a"), version=Version(None, None))
+    assert latest.exists() and latest.resolve_load_version() == second_version
+    for dataset, expected in (
+        (latest, second),
+        (AdapterDataset(filepath=filesystem("a"), version=Version(first_version, None)), first),
+    ):
+        loaded = lora_state(dataset.load())
+        assert loaded.keys() == expected.keys() and expected
+        for key in expected:
+            torch.testing.assert_close(loaded[key], expected[key])
+    assert not torch.equal(*(state[next(k for k in first if "lora_B" in k)] for state in (first, second)))
 
 
 def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, tmp_path):
@@ -235,7 +279,7 @@ def test_qlora_4bit_trains_and_reloads_on_cpu(tiny_model_dir, tmp_path):
 def test_missing_model_directory_names_the_fix(tmp_path):
     with pytest.raises(models.ModelNotFoundError, match="prepare_base_model"):
         models.load_causal_lm(str(tmp_path / "nowhere"))
-    with pytest.raises(DatasetError, match="kedro run --pipeline training"):
+    with pytest.raises(DatasetError, match="kedro run --pipelines training"):
         BaseModelDataset(filepath=str(tmp_path / "base")).load()
 
 
@@ -261,27 +305,33 @@ def test_unknown_embedded_file_names_the_files_there():
         nodes.prepare_base_model({"source": "embedded", "name": "SmolLM2-1.7B.gguf"})
 
 
-def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypatch):
+def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypatch, filesystem):
+    """On another filesystem the record (and a conversion) is put there, and ``load`` gets it
+    into a local directory, the ref every model and adapter loads through."""
     calls = []
 
     def fake_convert(name, out_dir):
         calls.append(name)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "config.json").write_text("{}")
+        (Path(out_dir) / "config.json").write_text('{"converted": true}')
 
     monkeypatch.setattr(models, "convert_embedded", fake_convert)
-    dataset = BaseModelDataset(filepath=str(tmp_path / "base"))
+    dataset = BaseModelDataset(filepath=filesystem("base"), local_dir=str(tmp_path / "local_copy"))
+    assert not dataset.exists()
     source = nodes.prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF})
     dataset.save(source)
     dataset.save(source)  # already converted: nothing to do
-    assert calls == [models.EMBEDDED_GGUF]
-    assert dataset.load() == str(tmp_path / "base")
+    assert calls == [models.EMBEDDED_GGUF] and dataset.exists()
+    ref = Path(dataset.load())
+    assert ref == (tmp_path / "base" if filesystem("base").startswith("/") else tmp_path / "local_copy")
+    assert (ref / "config.json").read_text() == '{"converted": true}'
+    assert models.ModelSource.from_dict(models.read_source(ref)) == source
 
     hub = models.ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf", revision="abc")
     dataset.save(hub)
-    assert not (tmp_path / "base" / "config.json").exists()  # the stale conversion is gone
-    assert dataset.load() == str(tmp_path / "base")  # the record, which resolves to the Hub id
-    assert models.ModelSource.from_dict(models.read_source(dataset.load())) == hub
+    ref = Path(dataset.load())  # the record, which resolves to the Hub id
+    assert not (ref / "config.json").exists()  # the stale conversion is gone
+    assert models.ModelSource.from_dict(models.read_source(ref)) == hub
 
 
 def test_bad_training_parameters_are_rejected_with_the_key():
@@ -330,7 +380,7 @@ def test_process_count_that_cannot_split_the_batch_names_the_fix():
 
 
 def test_more_processes_than_gpus_is_an_error_naming_num_processes(monkeypatch):
-    from mift_kedro.pipelines.training import distributed
+    from mift_kedro import distributed
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

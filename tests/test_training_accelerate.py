@@ -6,7 +6,7 @@ It launches with the reproduction's config (`conf/llama2/accelerate_multi_gpu.ya
 the process count on the command line). accelerate's `--cpu` mode starts several processes
 only through MPI (`--mpirun_hostfile`); the multi-GPU launcher starts them with
 torch.distributed.run, and without GPUs the pipeline makes them CPU ranks over gloo (see
-mift_kedro.pipelines.training.distributed)."""
+mift_kedro.distributed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from kedro.io import Version
 from mift_kedro import models
 from mift_kedro.datasets import AdapterDataset
 from mift_kedro.pipelines.training import nodes
+from tests import processes
 from tests.conftest import PROJECT_ROOT
 from tests.test_training import sentiment_rows, tiny_model_dir  # noqa: F401  (fixture)
 
@@ -56,12 +56,10 @@ def test_two_process_accelerate_run_writes_one_adapter(kedro_project, tiny_model
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(PROJECT_ROOT / "conf/llama2/accelerate_multi_gpu.yaml"),
         "--num_processes", "2", "--main_process_port", str(_free_port()),
-        "-m", "mift_kedro", "--pipeline", "training", "--namespaces", "custom_only",
+        "-m", "mift_kedro", "--pipelines", "training", "--namespaces", "custom_only",
         "--params", ",".join(f"training.{key}={value}" for key, value in OVERRIDES.items()),
     ]
-    result = subprocess.run(
-        command, cwd=kedro_project, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = processes.run(command, cwd=kedro_project, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     adapters = sorted((kedro_project / "data/06_models/custom_only/adapter").iterdir())

@@ -34,7 +34,7 @@ def _rank(rank: int, port: int, directory: str, out: str) -> None:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from mift_kedro.pipelines.training.distributed import remove_once
+    from mift_kedro.distributed import remove_once
 
     state = PartialState(cpu=True, timeout=timedelta(seconds=20))
     if rank == 1:

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests import processes
 from tests.conftest import copy_project
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,12 +50,11 @@ def viz_server(tmp_path_factory, shared_data):
             break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
+                processes.stop_group(process)
                 pytest.fail(f"kedro viz did not start:\n{(kedro_project / 'viz.log').read_text()[-3000:]}")
             time.sleep(1)
     yield url, graph
-    process.terminate()
-    process.wait(timeout=30)
+    processes.stop_group(process)  # the server runs in a multiprocessing child of `kedro viz run`
 
 
 def test_viz_api_shows_pipelines_namespaces_and_layers(viz_server):
@@ -73,15 +73,16 @@ def test_flowchart_screenshot_is_not_blank(viz_server, tmp_path):
         pytest.skip("chromium not installed (apt-get install chromium chromium-driver)")
     url, _ = viz_server
     shot = tmp_path / "flowchart.png"
-    subprocess.run(
+    result = processes.run(
         [
             CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,900",
             "--virtual-time-budget=20000", f"--screenshot={shot}", url,
         ],
-        check=True, timeout=120, capture_output=True,
+        timeout=120,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")

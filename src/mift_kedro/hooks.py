@@ -1,6 +1,7 @@
 """Kedro hooks: share the active config with the pipeline registry, validate parameters and
-check what the run needs from the Hugging Face Hub before the first node, and keep each run's
-parameters and per-pipeline timings as versioned data next to its results."""
+check what the run needs from the Hugging Face Hub before the first node, let only the main
+process of an ``accelerate launch`` write artifacts, and keep each run's parameters and
+per-pipeline timings as versioned data next to its results."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import sys
 import time
 from typing import Any
 
+import click
 from kedro.framework.hooks import hook_impl
 
 from mift_kedro import config, hub
+from mift_kedro.distributed import distributed_state, is_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,69 @@ class ParameterValidationHooks:
         config.validate_parameters(params)
         logger.info("Parameters validated for variants: %s", ", ".join(params.get("variants", {})))
         catalog.save("run_parameters", params)
+
+
+class MissingInputsError(click.ClickException):
+    """The run reads datasets that no earlier run saved; the message names the pipeline to run.
+
+    A ``click`` exception, so ``kedro run`` prints it as one line (``Error: ...``) and exits
+    with status 1, without a traceback; elsewhere (a notebook, a test) it is an ordinary error.
+    """
+
+
+class PipelineInputsHooks:
+    """Before the first node, checks that the persisted datasets this run reads but does not
+    make exist, and says in one line which pipeline makes the missing ones. On a fresh clone,
+    ``kedro run --pipelines training`` would otherwise stop at its first node with Kedro's
+    "Did not find any versions for ...training_set.jsonl".
+
+    Only inputs that a registered pipeline outputs are checked: raw data has no pipeline to
+    name, and its datasets' own errors say what to do.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from kedro.framework.project import pipelines
+
+        missing = missing_inputs(pipeline, catalog, pipelines)
+        if missing:
+            env = (run_params or {}).get("env")
+            raise MissingInputsError(missing_inputs_message(missing, list(pipelines), env))
+
+
+def missing_inputs(pipeline: Any, catalog: Any, registry: Any) -> dict[str, list[str]]:
+    """The free inputs of ``pipeline`` that a pipeline of ``registry`` makes but that are not
+    saved in ``catalog``, each with the registered pipelines that make it (in registry order;
+    ``__default__`` only when no named pipeline does)."""
+    from kedro.io import MemoryDataset
+
+    outputs = {name: registry[name].all_outputs() for name in registry}
+    missing = {}
+    for name in sorted(pipeline.inputs()):
+        makers = [p for p, made in outputs.items() if name in made]
+        makers = [p for p in makers if p != "__default__"] or makers
+        if not makers:
+            continue
+        dataset = catalog.get(name)
+        if dataset is None or isinstance(dataset, MemoryDataset) or catalog.exists(name):
+            continue
+        missing[name] = makers
+    return missing
+
+
+def missing_inputs_message(missing: dict[str, list[str]], order: list[str], env: str | None = None) -> str:
+    """One line: what is missing, and the command that makes it (pipelines in ``order``)."""
+    makers = [p for p in order if any(p in names for names in missing.values())]
+    names = sorted(missing)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    run = f"kedro run --env {env}" if env else "kedro run"
+    if makers == ["__default__"]:
+        return f"No earlier run saved {shown}: run plain `{run}`."
+    return (
+        f"No earlier run saved {shown}, which the {' and '.join(makers)} pipeline"
+        f"{'s make' if len(makers) > 1 else ' makes'}: run `{run} --pipelines {','.join(makers)}` "
+        f"first, or plain `{run}`."
+    )
 
 
 class HubPreflightHooks:
@@ -212,3 +278,46 @@ def _host() -> dict[str, Any]:
         if torch.cuda.is_available():
             host["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return host
+
+
+def _is_memory(catalog: Any, name: str) -> bool:
+    from kedro.io import MemoryDataset
+
+    try:
+        return isinstance(catalog[name], MemoryDataset)
+    except Exception:  # not registered yet: the runner makes it a MemoryDataset
+        return True
+
+
+class MainProcessSavesHooks:
+    """Under ``accelerate launch``, only the main process writes persisted catalog datasets.
+
+    Every process runs the same nodes (DDP needs every rank in the training step), but an
+    artifact must be written once: on the other processes saves of persisted datasets are
+    no-ops, and after each such save every process waits until the main one has written it
+    (so a later node on any rank can load it). In-memory datasets stay per process.
+    """
+
+    def __init__(self) -> None:
+        self._state = None
+        self._catalog = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        if not is_distributed():
+            return
+        self._state, self._catalog = distributed_state(), catalog
+        if self._state.is_main_process:
+            return
+        save = catalog.save
+
+        def save_on_main_only(name: str, data: Any) -> None:
+            if _is_memory(catalog, name):
+                save(name, data)
+
+        catalog.save = save_on_main_only
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        if self._state is not None and not _is_memory(self._catalog, dataset_name):
+            self._state.wait_for_everyone()

@@ -106,7 +106,7 @@ def _check_ref(ref: str, what: str, revision: str | None = None) -> str:
             raise ModelNotFoundError(
                 f"{what}: no model directory at {path} (no config.json there). Check "
                 "`base_model.name` in conf/<env>/parameters_training.yml, or create the embedded "
-                "default with `kedro run --pipeline training` (its node prepare_base_model "
+                "default with `kedro run --pipelines training` (its node prepare_base_model "
                 "writes data/06_models/base_model)."
             )
         return str(path)

@@ -1,21 +1,30 @@
 """Project settings: hooks and the config loader (https://docs.kedro.org/en/stable/configure/)."""
 
-from mift_kedro.hooks import (
+from mift_kedro.library_warnings import ignore_library_warnings, import_quietly
+
+# Before anything below imports the libraries that raise them at import time
+ignore_library_warnings()
+import_quietly("kedro_mlflow.mlflow")
+
+from mift_kedro.hooks import (  # noqa: E402
     HubPreflightHooks,
+    MainProcessSavesHooks,
     ParameterValidationHooks,
+    PipelineInputsHooks,
     PipelineTimingHooks,
     ProjectConfigHooks,
 )
-from mift_kedro.pipelines.training.distributed import MainProcessSavesHooks
-from mift_kedro.tracking import TrackingHooks
+from mift_kedro.tracking import TrackingHooks  # noqa: E402
 
+# Order of the before_pipeline_run checks: pluggy calls hooks registered later first, so the
+# parameters are validated, then PipelineInputsHooks names the pipeline that makes a missing
+# input; HubPreflightHooks runs after every other one (trylast).
 # MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.
-# HubPreflightHooks runs after every other before_pipeline_run hook (trylast), so after
-# the parameters are validated.
 # TrackingHooks: kedro-mlflow's hook (conf/<env>/mlflow.yml) made failure-safe, with the
 # project's results; it replaces the instance the plugin registers itself.
 HOOKS = (
     ProjectConfigHooks(),
+    PipelineInputsHooks(),
     ParameterValidationHooks(),
     HubPreflightHooks(),
     MainProcessSavesHooks(),

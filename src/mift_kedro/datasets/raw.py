@@ -21,7 +21,7 @@ DATA_DIR_ENV = "MIFT_DATA_DIR"
 OFFLINE_FIX = (
     f"set {DATA_DIR_ENV}=<dir> to a local copy laid out like shared/data/ "
     f"(e.g. {DATA_DIR_ENV}=../shared/data), or load it once where the Hub is reachable "
-    "(`kedro run --pipeline data_engineering`: datasets keeps it in HF_DATASETS_CACHE)"
+    "(`kedro run --pipelines data_engineering`: datasets keeps it in HF_DATASETS_CACHE)"
 )
 
 

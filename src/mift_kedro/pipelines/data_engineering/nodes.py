@@ -114,16 +114,22 @@ def template_alpaca(records: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _take(pool: pd.DataFrame, count: int, rng: np.random.Generator, what: str) -> pd.DataFrame:
+def _take(pool: pd.DataFrame, count: int, rng: np.random.Generator, what: str, fix: str) -> pd.DataFrame:
+    """``count`` rows drawn without replacement; when the pool is smaller, an error naming ``fix``
+    (the parameter to change)."""
     if count > len(pool):
-        raise ValueError(
-            f"{what}: the budget needs {count} examples but only {len(pool)} are available; "
-            "lower the variant's `budget`, change its `mix`, or provide more data."
-        )
+        raise ValueError(f"{what}: needs {count} examples but only {len(pool)} are available; {fix}.")
     return pool.iloc[rng.permutation(len(pool))[:count]]
 
 
-def _balanced_sentiment(pool: pd.DataFrame, count: int, seed: int, what: str) -> pd.DataFrame:
+def _budget_fix(display_name: str) -> str:
+    return (
+        f"lower the `budget` of variant {display_name!r} (`variants.<name>.budget`), change its "
+        "`mix`, or provide more data"
+    )
+
+
+def _balanced_sentiment(pool: pd.DataFrame, count: int, seed: int, what: str, fix: str) -> pd.DataFrame:
     """``count`` tweets, half per label (the odd one to a seeded label).
 
     Each label's rows are drawn from one seeded permutation, so variants with the same seed
@@ -134,7 +140,7 @@ def _balanced_sentiment(pool: pd.DataFrame, count: int, seed: int, what: str) ->
     if count % 2:
         per_label[int(rng.integers(2))] += 1
     parts = [
-        _take(pool[pool["label"] == label], n, np.random.default_rng([seed, label]), f"{what} (label {label})")
+        _take(pool[pool["label"] == label], n, np.random.default_rng([seed, label]), f"{what} (label {label})", fix)
         for label, n in per_label.items()
     ]
     return pd.concat(parts)
@@ -159,10 +165,13 @@ def mix_training_set(
     counts = _source_counts(variant)
     parts = []
     if counts.get("sentiment"):
-        parts.append(_balanced_sentiment(sentiment_pool, counts["sentiment"], seed, spec.display_name))
+        parts.append(_balanced_sentiment(
+            sentiment_pool, counts["sentiment"], seed, spec.display_name, _budget_fix(spec.display_name)
+        ))
     if counts.get("alpaca"):
         parts.append(
-            _take(alpaca_pool, counts["alpaca"], np.random.default_rng(seed), f"{spec.display_name} (alpaca)")
+            _take(alpaca_pool, counts["alpaca"], np.random.default_rng(seed), f"{spec.display_name} (alpaca)",
+                  _budget_fix(spec.display_name))
         )
     mixed = pd.concat(parts)
     mixed = mixed.iloc[np.random.default_rng(seed).permutation(len(mixed))].reset_index(drop=True)
@@ -198,14 +207,16 @@ def _check_eval_size(pool: pd.DataFrame, spec: dict[str, Any] | None, name: str)
 def build_sentiment_eval(test_pool: pd.DataFrame, spec: dict[str, Any] | None, seed: int) -> pd.DataFrame:
     """(A) Held-out tweets, balanced across labels when sampled."""
     size = _check_eval_size(test_pool, spec, "sentiment")
-    pool = test_pool if size is None else _balanced_sentiment(test_pool, size, seed, "eval set 'sentiment'")
+    fix = "half of `eval_sets.sentiment.size` comes from each label: lower `eval_sets.sentiment.size`"
+    pool = test_pool if size is None else _balanced_sentiment(test_pool, size, seed, "eval set 'sentiment'", fix)
     return pool.sort_values("id").reset_index(drop=True)
 
 
 def build_alpaca_eval(test_pool: pd.DataFrame, spec: dict[str, Any] | None, seed: int) -> pd.DataFrame:
     """(C) Held-out Alpaca records."""
     size = _check_eval_size(test_pool, spec, "alpaca")
-    pool = test_pool if size is None else _take(test_pool, size, np.random.default_rng(seed), "eval set 'alpaca'")
+    fix = "lower `eval_sets.alpaca.size`"
+    pool = test_pool if size is None else _take(test_pool, size, np.random.default_rng(seed), "eval set 'alpaca'", fix)
     return pool.sort_values("id").reset_index(drop=True)
 
 

@@ -279,7 +279,7 @@ def check_same_base(frame: pd.DataFrame) -> None:
         raise ValueError(
             f"Predictions without their base-weights signature ({', '.join(BASE_WEIGHT_COLUMNS)}): "
             "they come from an older version of the generation nodes. Generate them again: "
-            "`kedro run --pipeline reporting`."
+            "`kedro run --pipelines reporting`."
         )
     compared = ["base_quantization", "base_dtype", "base_checksum"]
     signatures = frame.drop_duplicates(["model", *compared])

@@ -213,7 +213,7 @@ def train_adapter(
     from transformers import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from mift_kedro.pipelines.training.distributed import distributed_state, remove_once
+    from mift_kedro.distributed import distributed_state, remove_once
     from mift_kedro.pipelines.training.trainer import (
         CompletionOnlyTrainer,
         TrainingProgress,

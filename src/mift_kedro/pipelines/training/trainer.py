@@ -124,17 +124,6 @@ class TrainingProgress(TrainerCallback):
             self.bar = None
 
 
-class StopAfterStep(TrainerCallback):
-    """Raise after a given step (after its checkpoint is saved): simulates a killed run in tests."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            raise KeyboardInterrupt(f"simulated interruption after step {state.global_step}")
-
-
 def set_threads(threads: int | str | None) -> int:
     """Set torch's CPU threads; ``"auto"`` leaves out the cores other processes keep busy.
 

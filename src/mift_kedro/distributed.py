@@ -1,10 +1,9 @@
-"""Running the whole Kedro pipeline under ``accelerate launch``: every process trains, one writes.
+"""The processes of an ``accelerate launch`` run: which one this is, and steps they take together.
 
-Each process of ``accelerate launch -m mift_kedro --pipeline training`` runs the same
-nodes (DDP needs every rank in the training step). Catalog artifacts must be written once,
-so :class:`MainProcessSavesHooks` turns saves of persisted datasets into no-ops on the other
-processes, and after each such save every process waits until the main one has written it
-(so a later node on any rank can load it). In-memory datasets stay per process.
+Each process of ``accelerate launch -m mift_kedro --pipelines training`` runs the same
+nodes (DDP needs every rank in the training step). Shared by the training nodes and by
+:class:`mift_kedro.hooks.MainProcessSavesHooks` (only the main process writes artifacts),
+so the project's hooks need no pipeline package.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kedro.framework.hooks import hook_impl
 
-
-def _is_distributed() -> bool:
+def is_distributed() -> bool:
+    """Whether this process is one of several launched together (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -59,40 +57,3 @@ def remove_once(state: Any, directory: Path) -> bool:
             shutil.rmtree(directory)
         state.wait_for_everyone()
     return exists
-
-
-def _is_memory(catalog: Any, name: str) -> bool:
-    from kedro.io import MemoryDataset
-
-    try:
-        return isinstance(catalog[name], MemoryDataset)
-    except Exception:  # not registered yet: the runner makes it a MemoryDataset
-        return True
-
-
-class MainProcessSavesHooks:
-    """Only the main process writes persisted catalog datasets; the others wait for it."""
-
-    def __init__(self) -> None:
-        self._state = None
-        self._catalog = None
-
-    @hook_impl
-    def after_catalog_created(self, catalog: Any) -> None:
-        if not _is_distributed():
-            return
-        self._state, self._catalog = distributed_state(), catalog
-        if self._state.is_main_process:
-            return
-        save = catalog.save
-
-        def save_on_main_only(name: str, data: Any) -> None:
-            if _is_memory(catalog, name):
-                save(name, data)
-
-        catalog.save = save_on_main_only
-
-    @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
-        if self._state is not None and not _is_memory(self._catalog, dataset_name):
-            self._state.wait_for_everyone()
