@@ -98,3 +98,17 @@ def test_a_failure_mid_run_closes_the_mlflow_run_and_keeps_the_outputs(kedro_pro
 )
 def test_a_relative_sqlite_store_is_taken_from_the_project_root(uri, expected):
     assert tracking.anchor_sqlite(uri, Path("/project")) == expected
+
+
+def test_each_session_closes_its_run_so_the_next_one_gets_its_own(kedro_project):
+    """Two `kedro run`s in one process (a notebook, the test suite): each ends with no MLflow
+    run active, and each is its own MLflow run (kedro-mlflow re-opens the run before every node;
+    with `tracking.run.nested: true` those re-opens stacked and one stayed active)."""
+    bootstrap_project(kedro_project)
+    for _ in range(2):
+        with KedroSession.create(project_path=kedro_project) as session:
+            session.run(pipeline_names=["data_engineering"])
+        assert mlflow.active_run() is None
+    client = mlflow.MlflowClient(f"sqlite:///{kedro_project / STORE}")
+    runs = client.search_runs(client.get_experiment_by_name("mift_kedro").experiment_id)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}

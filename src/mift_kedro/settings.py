@@ -18,7 +18,9 @@ from mift_kedro.tracking import TrackingHooks  # noqa: E402
 
 # Order of the before_pipeline_run checks: pluggy calls hooks registered later first, so the
 # parameters are validated, then PipelineInputsHooks names the pipeline that makes a missing
-# input; HubPreflightHooks runs after every other one (trylast).
+# input; HubPreflightHooks runs after every other one (trylast), but before TrackingHooks (also
+# trylast: pluggy calls those in registration order), so a run that cannot start opens no MLflow
+# run.
 # MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.
 # TrackingHooks: kedro-mlflow's hook (conf/<env>/mlflow.yml) made failure-safe, with the
 # project's results; it replaces the instance the plugin registers itself.
