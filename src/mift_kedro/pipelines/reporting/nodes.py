@@ -401,7 +401,7 @@ def build_seed_summary(
 ) -> tuple[pd.DataFrame, str]:
     """Each variant's metrics over its training seeds: mean, sd, min, max (CSV and Markdown)."""
     summary = seeds.seed_summary(metrics, variants, training_seeds)
-    return summary, seeds.seed_summary_markdown(summary)
+    return summary, R.seed_summary_markdown(summary)
 
 
 def plot_metrics(metrics: pd.DataFrame, eval_set: str):

@@ -120,10 +120,7 @@ def table_frame(metrics: pd.DataFrame, eval_set: str, summary: pd.DataFrame | No
     return pd.DataFrame(rows)
 
 
-def _fmt(value: float, metric: str) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return f"{value:.1f}" if metric == "bleu" else f"{value:.3f}"
+_fmt = stats.format_value
 
 
 def _cell(r: pd.Series, metric: str, p_text: str) -> str:
@@ -181,6 +178,42 @@ def table_markdown(metrics: pd.DataFrame, eval_set: str, summary: pd.DataFrame |
     ]
     if eval_set in NOTES:
         lines += ["", f"_{NOTES[eval_set]}_"]
+    return "\n".join(lines) + "\n"
+
+
+def seed_summary_rows(summary: pd.DataFrame, eval_set: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one evaluation set: per metric (those of tables A/B/C) the base value
+    and each variant's ``mean ± sd (min–max)`` over its training seeds."""
+    part = summary[summary["eval_set"] == eval_set]
+    variants = seeds.variants_of(summary, eval_set)
+    header = ["Metric", "Base"] + [seeds.spread_header(v) for v in variants]
+    rows = []
+    for metric in _metric_order(part):
+        cells = [seeds.lookup(summary, eval_set, metric, v["variant"]) for v in variants]
+        base = next(c["base_value"] for c in cells if c is not None)
+        rows.append([METRIC_LABELS.get(metric, metric), _fmt(base, metric)]
+                    + ["" if c is None else seeds.spread_text(c, metric) for c in cells])
+    return header, rows
+
+
+def seed_summary_markdown(summary: pd.DataFrame) -> str:
+    """The seed summary as Markdown: one table per evaluation set; with one seed per variant, a
+    line saying there is no spread to show."""
+    if not seeds.several_seeds(summary):
+        return (
+            "_One training seed per variant (`training_seeds`): no spread over seeds to show. "
+            "List several seeds (e.g. `kedro run --env seeds`) to measure training noise._\n"
+        )
+    first = summary.iloc[0]
+    lines = [
+        "## Spread over training seeds",
+        "",
+        f"{int(summary['n_seeds'].max())} training seeds per variant ({first['seeds'].replace(',', ', ')}). {seeds.SPREAD_NOTE}",
+    ]
+    for eval_set in TABLES:
+        if (summary["eval_set"] == eval_set).any():
+            header, rows = seed_summary_rows(summary, eval_set)
+            lines += ["", f"**{TITLES.get(eval_set, eval_set)}**", "", *_markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -404,7 +437,7 @@ def render_report(
         for eval_set in TABLES:
             part = summary[summary["eval_set"] == eval_set]
             if not part.empty:
-                header, rows = seeds.seed_summary_rows(summary, eval_set, _metric_order(part), METRIC_LABELS)
+                header, rows = seed_summary_rows(summary, eval_set)
                 parts += [f"<h3>{html.escape(TITLES[eval_set])}</h3>", _html_table(header, rows)]
     if comparison is not None and not comparison.empty:
         header, rows = study_rows(comparison)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mift_kedro.config import TrainedModel, trained_models
+from mift_kedro.pipelines.reporting.stats import format_value
 
 SUMMARY_COLUMNS = [
     "eval_set", "metric", "variant", "display_name", "n_seeds", "seeds", "models",
@@ -71,17 +72,11 @@ def several_seeds(summary: pd.DataFrame | None) -> bool:
     return summary is not None and not summary.empty and int(summary["n_seeds"].max()) > 1
 
 
-def _fmt(value: float, metric: str) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return f"{value:.1f}" if metric == "bleu" else f"{value:.3f}"
-
-
 def spread_text(row: pd.Series, metric: str) -> str:
-    """``mean ± sd (min–max)`` of one summary row."""
+    """``mean ± sd (min–max)`` of one summary row, numbers as in tables A/B/C."""
     return (
-        f"{_fmt(row['mean'], metric)} ± {_fmt(row['sd'], metric)} "
-        f"({_fmt(row['min'], metric)}–{_fmt(row['max'], metric)})"
+        f"{format_value(row['mean'], metric)} ± {format_value(row['sd'], metric)} "
+        f"({format_value(row['min'], metric)}–{format_value(row['max'], metric)})"
     )
 
 
@@ -106,49 +101,3 @@ SPREAD_NOTE = (
     "standard deviation (min–max) of the per-seed values, i.e. training noise, beside the "
     "bootstrap CIs, which measure the sampling of evaluation examples only."
 )
-
-
-def seed_summary_rows(summary: pd.DataFrame, eval_set: str, metric_order: list[str], labels: dict[str, str]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one evaluation set: per metric the base value and each variant's
-    ``mean ± sd (min–max)`` over its seeds."""
-    variants = variants_of(summary, eval_set)
-    header = ["Metric", "Base"] + [spread_header(v) for v in variants]
-    rows = []
-    for metric in metric_order:
-        cells = [lookup(summary, eval_set, metric, v["variant"]) for v in variants]
-        if all(c is None for c in cells):
-            continue
-        base = next(c["base_value"] for c in cells if c is not None)
-        rows.append([labels.get(metric, metric), _fmt(base, metric)] + ["" if c is None else spread_text(c, metric) for c in cells])
-    return header, rows
-
-
-def seed_summary_markdown(summary: pd.DataFrame) -> str:
-    """The summary as Markdown: one table per evaluation set (the metrics of tables A/B/C);
-    with one seed per variant, a line saying there is no spread to show."""
-    from mift_kedro.pipelines.reporting.report import (
-        METRIC_LABELS,
-        TABLES,
-        TITLES,
-        _markdown_table,
-        _metric_order,
-    )
-
-    if not several_seeds(summary):
-        return (
-            "_One training seed per variant (`training_seeds`): no spread over seeds to show. "
-            "List several seeds (e.g. `kedro run --env seeds`) to measure training noise._\n"
-        )
-    first = summary.iloc[0]
-    lines = [
-        "## Spread over training seeds",
-        "",
-        f"{int(summary['n_seeds'].max())} training seeds per variant ({first['seeds'].replace(',', ', ')}). {SPREAD_NOTE}",
-    ]
-    for eval_set in TABLES:
-        part = summary[summary["eval_set"] == eval_set]
-        if part.empty:
-            continue
-        header, rows = seed_summary_rows(summary, eval_set, _metric_order(part), METRIC_LABELS)
-        lines += ["", f"**{TITLES.get(eval_set, eval_set)}**", "", *_markdown_table(header, rows)]
-    return "\n".join(lines) + "\n"
