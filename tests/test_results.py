@@ -16,11 +16,14 @@ from tests.conftest import PROJECT_ROOT
 RESULTS = PROJECT_ROOT / "docs" / "results"
 
 
-def test_readme_blocks_agree_with_the_result_files():
+def test_readme_blocks_agree_with_the_result_files(monkeypatch):
     """Fails when a README results block and docs/results/ disagree (regenerate with
-    `python -m mift_kedro.results render-readme`)."""
+    `python -m mift_kedro.results render-readme`, which runs from the project root, as here:
+    each block names its source file by that relative path)."""
+    monkeypatch.chdir(PROJECT_ROOT)
     readme = (PROJECT_ROOT / "README.md").read_text()
-    assert results.render_readme(readme, RESULTS) == readme
+    assert results.readme_blocks(readme), "the README has no results blocks to check"
+    assert results.render_readme(readme, RESULTS.relative_to(PROJECT_ROOT)) == readme
 
 
 def test_result_files_are_as_exported():
