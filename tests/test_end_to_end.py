@@ -159,6 +159,9 @@ def test_mlflow_tracks_parameters_training_and_every_metric(fixture_run, tmp_pat
     assert parent.data.metrics["time/training_s"] > 0 and parent.data.metrics["time/reporting_s"] > 0
     assert set(children) == {"base", "custom_only", "both_instructions"}
     assert children["both_instructions"].data.params["alpaca_fraction"] == "0.5"
+    # one training seed (the default, `seed`): the model is the variant, trained at seed 42
+    assert children["custom_only"].data.params["training_seed"] == "42"
+    assert children["custom_only"].data.tags["mift.variant"] == "custom_only"
     # training: loss per step as a metric history, tokens/s, the training parameters
     for variant in ("custom_only", "both_instructions"):
         record = json.loads((fixture_run / "data/06_models" / variant / "training_metrics.json" / version / "training_metrics.json").read_text())
@@ -284,7 +287,8 @@ def test_results_export_and_readme_blocks(fixture_run, tmp_path):
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["version"] == version and manifest["missing"] == []
     for name in ("metrics.csv", "table_A.md", "table_C.csv", "forgetting_curve.csv", "forgetting_curve.md",
-                 "run_parameters.json", "pipeline_timings.json", "training_metrics/custom_only.json"):
+                 "run_parameters.json", "pipeline_timings.json", "training_metrics/custom_only.json",
+                 "seed_summary.csv", "seed_summary.md"):
         assert name in manifest["files"], name
     reporting = fixture_run / "data" / "08_reporting"
     assert (dest / "metrics.csv").read_bytes() == (reporting / "metrics.csv" / version / "metrics.csv").read_bytes()

@@ -305,7 +305,7 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
         assert (family.loc[tested, "p_holm_vs_base"] >= family.loc[tested, "p_value_vs_base"]).all()
     assert (metrics["bootstrap_resamples"] == 200).all()
 
-    csv, markdown = nodes.build_table(metrics, "sentiment")
+    csv, markdown = nodes.build_table(metrics, eval_set="sentiment")
     assert list(csv["metric"][:3]) == ["accuracy", "macro_f1", "invalid_rate"]
     assert {"Base", "FT-CustomOnly", "FT-BothInstruction", "FT-CustomOnly p_vs_base"} <= set(csv.columns)
     assert "FT-CustomOnly p_holm_vs_base" in csv.columns
@@ -331,7 +331,7 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     only_bleu, _, _ = nodes.build_forgetting_curve(metrics, variants, chosen)
     assert set(zip(only_bleu["eval_set"], only_bleu["metric"])) == {("alpaca", "bleu")} and len(only_bleu) == 2
     comparison, _ = nodes.build_study_comparison(metrics, None)
-    html = nodes.build_report(metrics, curve, comparison, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
+    html = nodes.build_report(metrics, curve, comparison, None, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
     assert html.count("<img alt='metrics for") == 3
     assert "Forgetting curve" in html and "<img alt='forgetting curve'" in html
     for title in ("Table A", "Table B", "Table C", "Run parameters", "Example predictions"):
@@ -373,7 +373,7 @@ def test_study_comparison_sits_beside_the_run_and_stays_out_of_tables_a_b_c(fake
         M.evaluate_bleu(list(rows["prediction"]), list(rows["reference"])))
     assert alpaca.loc[("base", "evaluate_rougeL"), "value"] == pytest.approx(rows["evaluate_rougeL"].mean())
     assert not np.isnan(alpaca.loc[("custom_only", "evaluate_bleu"), "p_value_vs_base"])
-    csv, _ = nodes.build_table(metrics, "alpaca")
+    csv, _ = nodes.build_table(metrics, eval_set="alpaca")
     assert not any(m.startswith("evaluate_") for m in csv["metric"])
 
     study = _project_parameters("llama2")["reference_study"]
@@ -391,7 +391,7 @@ def test_study_comparison_sits_beside_the_run_and_stays_out_of_tables_a_b_c(fake
 
     curve = pd.DataFrame()
     parameters = {"seed": 7, "reporting": PARAMS, "reference_study": study}
-    html = nodes.build_report(metrics, curve, comparison, parameters, *predictions)
+    html = nodes.build_report(metrics, curve, comparison, None, parameters, *predictions)
     assert "<h2 id='study'>Against the reference study</h2>" in html
     assert "<td>BERTScore: BERTScore F1</td>" in html and "0.999" in html
     assert "Base weights of every model (3 checked)" in html and "0123456789abcdef" in html

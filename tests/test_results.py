@@ -16,11 +16,14 @@ from tests.conftest import PROJECT_ROOT
 RESULTS = PROJECT_ROOT / "docs" / "results"
 
 
-def test_readme_blocks_agree_with_the_result_files():
+def test_readme_blocks_agree_with_the_result_files(monkeypatch):
     """Fails when a README results block and docs/results/ disagree (regenerate with
-    `python -m mift_kedro.results render-readme`)."""
+    `python -m mift_kedro.results render-readme`, which runs from the project root, as here:
+    each block names its source file by that relative path)."""
+    monkeypatch.chdir(PROJECT_ROOT)
     readme = (PROJECT_ROOT / "README.md").read_text()
-    assert results.render_readme(readme, RESULTS) == readme
+    assert results.readme_blocks(readme), "the README has no results blocks to check"
+    assert results.render_readme(readme, RESULTS.relative_to(PROJECT_ROOT)) == readme
 
 
 def test_result_files_are_as_exported():
@@ -89,3 +92,33 @@ def test_export_says_when_there_is_no_run(tmp_path):
     project = copy_project(tmp_path / "project")
     with pytest.raises(results.ResultsError, match="no run in"):
         results.export(project, "latest", tmp_path / "out")
+
+
+def test_seed_summary_block_and_one_training_record_per_model(tmp_path):
+    """A run with several training seeds: export copies each (variant, seed) model's training
+    record and the seed summary; `seed_summary` renders it into the README."""
+    from tests.conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    version = "2026-11-28T01.00.00.000Z"
+    parameters = {"seed": 42, "training_seeds": [42, 43],
+                  "variants": {"custom_only": {"display_name": "FT-CustomOnly"}}}
+    files = {
+        "08_reporting/metrics.csv": "eval_set,model,metric,value\n",
+        "08_reporting/run_parameters.json": json.dumps(parameters),
+        "08_reporting/seed_summary.md": "## Spread over training seeds\n\n| Metric | Base |\n|---|---:|\n",
+        **{f"06_models/custom_only_s{s}/training_metrics.json": json.dumps({"seed": s}) for s in (42, 43)},
+    }
+    for path, text in files.items():
+        target = project / "data" / path / version / path.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True)
+        target.write_text(text)
+    dest = tmp_path / "results" / "seeds"
+    manifest = results.export(project, "latest", dest)
+    assert json.loads((dest / "training_metrics" / "custom_only_s43.json").read_text()) == {"seed": 43}
+    assert manifest["files"]["training_metrics/custom_only_s42.json"]["dataset"] == "custom_only_s42.training_metrics"
+    assert "custom_only.training_metrics" not in json.dumps(manifest)  # no model of that name in this run
+    assert "seed_summary" in manifest["missing"] and "seed_summary_md" not in manifest["missing"]
+    rendered = results.render_readme(
+        "<!-- results:seeds:seed_summary:start -->\n<!-- results:seeds:seed_summary:end -->\n", dest.parent)
+    assert "**Spread over training seeds**\n\n| Metric | Base |" in rendered

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
@@ -19,7 +19,7 @@ SOURCES = ("sentiment", "alpaca")
 EVAL_SETS = ("sentiment", "out_of_sample", "alpaca")
 
 _active_loader: Any = None
-_active_env: str | None = None
+_active_env: Any = None
 
 
 class StrictModel(BaseModel):
@@ -102,6 +102,73 @@ class DataEngineeringParams(StrictModel):
         return eval_sets
 
 
+class TrainedModel(NamedTuple):
+    """One fine-tuned model: a variant trained with one training seed.
+
+    ``name`` is its namespace in training and reporting (``<name>.adapter``,
+    ``<name>.predictions``, the ``model`` column of ``metrics``): the variant's own name when
+    ``training_seeds`` has one seed, so a default run keeps its names; ``<variant>_s<seed>``
+    with several. ``display_name`` likewise gains `` (seed <seed>)`` with several seeds.
+    """
+
+    name: str
+    variant: str
+    seed: int | None
+    display_name: str
+
+
+def trained_models(variants: dict[str, Any], seeds: list[int] | None = None) -> list[TrainedModel]:
+    """Every (variant, training seed) pair, variant by variant, seeds in the order given.
+
+    ``seeds`` None counts as one seed (names as with one seed; the seed is then not known).
+    """
+    seeds = list(seeds) if seeds is not None else [None]
+    several = len(seeds) > 1
+    return [
+        TrainedModel(
+            f"{variant}_s{seed}" if several else variant, variant, seed,
+            seed_display_name((spec or {}).get("display_name", variant), seed if several else None),
+        )
+        for variant, spec in variants.items()
+        for seed in seeds
+    ]
+
+
+def seed_display_name(display_name: str, seed: int | None) -> str:
+    """A model's display name: the variant's, with `` (seed <seed>)`` when it is one of several."""
+    return display_name if seed is None else f"{display_name} (seed {seed})"
+
+
+def training_seeds(params: dict[str, Any]) -> list[int]:
+    """The validated ``training_seeds`` (absent: ``[seed]``, one training at the data seed).
+
+    Each variant is trained once per seed, on the same training set: ``seed`` fixes the splits
+    and the mix, a training seed only the LoRA initialisation, data order and dropout.
+    """
+    seeds = params.get("training_seeds")
+    if seeds is None:
+        seeds = [params.get("seed")]
+    where = "training_seeds (conf/<env>/parameters.yml)"
+    if not isinstance(seeds, list | tuple) or not seeds:
+        raise ParameterError(f"{where} must be a non-empty list of integers, e.g. [42] or [42, 43, 44]; got {seeds!r}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        raise ParameterError(f"{where}: {bad} are not integers; give whole numbers, e.g. [42, 43, 44]")
+    if len(set(seeds)) < len(seeds):
+        raise ParameterError(f"{where} lists a seed twice ({list(seeds)}): each seed trains one model per variant")
+    models = trained_models(params.get("variants") or {}, list(seeds))
+    names = [m.name for m in models]
+    clash = sorted({n for n in names if names.count(n) > 1} | ({"base"} & set(names)))
+    if len(seeds) > 1:
+        clash += sorted(set(names) & set(params.get("variants") or {}))
+    if clash:
+        raise ParameterError(
+            f"{where}: the model namespaces {clash} clash with another model or variant "
+            "(with several seeds a model is named <variant>_s<seed>): rename the variant"
+        )
+    return list(seeds)
+
+
 #: Parameter models by the name of the block they validate; later pipelines add theirs.
 PARAMETER_MODELS: dict[str, type[BaseModel]] = {}
 
@@ -128,6 +195,10 @@ def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
         validated = DataEngineeringParams.model_validate({k: params.get(k) for k in de_keys})
     except ValidationError as exc:
         problems.append(format_validation_error(exc, "data engineering parameters"))
+    try:
+        training_seeds(params)
+    except ParameterError as exc:
+        problems.append(f"Invalid parameters: {exc}")
     for block, model in PARAMETER_MODELS.items():
         try:
             model.model_validate(params.get(block))
@@ -152,7 +223,8 @@ def variant_spec(spec: dict[str, Any]) -> VariantSpec:
 def set_active_config_loader(loader: Any) -> None:
     """Called by a hook when a Kedro context is created; re-registers pipelines on env change."""
     global _active_loader, _active_env
-    env = getattr(loader, "env", None)
+    # the env and the `--params` of the run: both may change the variants and seeds
+    env = (getattr(loader, "env", None), repr(getattr(loader, "runtime_params", None)))
     changed = _active_loader is not None and env != _active_env
     _active_loader, _active_env = loader, env
     if changed:
@@ -176,11 +248,20 @@ def _fallback_loader() -> Any:
     )
 
 
+def _active_parameters() -> dict[str, Any]:
+    loader = _active_loader if _active_loader is not None else _fallback_loader()
+    return loader["parameters"]
+
+
 def variant_names() -> list[str]:
     """Names of the variants declared in the active environment's parameters."""
-    loader = _active_loader if _active_loader is not None else _fallback_loader()
-    variants = loader["parameters"].get("variants") or {}
+    variants = _active_parameters().get("variants") or {}
     for name in variants:
         if not str(name).isidentifier():
             raise ParameterError(f"variant name {name!r} must be a Python identifier")
     return list(variants)
+
+
+def active_training_seeds() -> list[int]:
+    """The ``training_seeds`` of the active environment's parameters (validated)."""
+    return training_seeds(_active_parameters())

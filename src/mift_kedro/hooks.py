@@ -43,7 +43,10 @@ class ParameterValidationHooks:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         params = catalog.load("parameters")
         config.validate_parameters(params)
-        logger.info("Parameters validated for variants: %s", ", ".join(params.get("variants", {})))
+        logger.info(
+            "Parameters validated for variants: %s; training seeds: %s",
+            ", ".join(params.get("variants", {})), ", ".join(map(str, config.training_seeds(params))),
+        )
         catalog.save("run_parameters", params)
 
 

@@ -2,8 +2,8 @@
 result tables from them.
 
 ``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the forgetting
-curve, the plots, each variant's training record, the run's parameters and its per-pipeline
-timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
+curve, the spread over training seeds, the plots, each model's training record, the run's
+parameters and its per-pipeline timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
 ``manifest.json`` naming each file's dataset, version and SHA-256. ``render-readme`` replaces
 every block of the README between
 
@@ -11,7 +11,7 @@ every block of the README between
 
 with the table generated from ``docs/results/<name>/``; ``--check`` only compares, and fails
 when a block and the files disagree (the test suite runs it). Tables: ``table_A``,
-``table_B``, ``table_C``, ``forgetting_curve`` (the run's own Markdown files), ``timings``
+``table_B``, ``table_C``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
 (``pipeline_timings.json``) and ``training`` (the training records).
 
     python -m mift_kedro.results export [latest|<version>|<a run's version folder>] docs/results/demo
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mift_kedro import runs
+from mift_kedro import config, runs
 
 #: Catalog dataset -> file name under docs/results/<name>/. `metrics` is required.
 EXPORTS = {
@@ -39,6 +39,8 @@ EXPORTS = {
     **{f"table_{t}_{kind}": f"table_{t}.{kind}" for t in "ABC" for kind in ("csv", "md")},
     "forgetting_curve": "forgetting_curve.csv",
     "forgetting_curve_md": "forgetting_curve.md",
+    "seed_summary": "seed_summary.csv",
+    "seed_summary_md": "seed_summary.md",
     **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "forgetting_curve")},
     "run_parameters": "run_parameters.json",
     "pipeline_timings": "pipeline_timings.json",
@@ -91,8 +93,10 @@ def export(project: Path, run: str, dest: Path, env: str | None = None) -> dict[
     exports = dict(EXPORTS)
     found = _file_at_or_before(catalog, "run_parameters", version, project)
     parameters = _load_json(found[0]) if found else None
-    for variant in (parameters or {}).get("variants", {}):
-        exports[f"{variant}.training_metrics"] = f"training_metrics/{variant}.json"
+    if parameters:  # one training record per model: per variant and training seed
+        seeds = config.training_seeds(parameters)
+        for model in config.trained_models(parameters.get("variants") or {}, seeds):
+            exports[f"{model.name}.training_metrics"] = f"training_metrics/{model.name}.json"
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -183,6 +187,7 @@ def _training(folder: Path) -> str:
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     **{f"table_{t}": (f"table_{t}.md", _markdown_file(f"table_{t}.md")) for t in "ABC"},
     "forgetting_curve": ("forgetting_curve.md", _markdown_file("forgetting_curve.md")),
+    "seed_summary": ("seed_summary.md", _markdown_file("seed_summary.md")),
     "timings": ("pipeline_timings.json", _timings),
     "training": ("training_metrics/", _training),
 }

@@ -4,10 +4,13 @@
 ``kedro run``; the parameters every node reads), registered by ``settings.py`` in place of the
 plugin's auto-registered instance, with three additions:
 
-* **results**: one nested run per model (``base`` and each variant) holding the training
+* **results**: one nested run per model (``base`` and each variant, per training seed, tagged
+  ``mift.model`` and ``mift.variant``, with ``training_seed`` among its parameters) holding the training
   loss per step and learning rate (MLflow metric history), tokens/s, wall time and the training
   parameters of ``<variant>.training_metrics``, and every metric of ``metrics`` per evaluation
-  set with its CI bounds, Δ vs base, raw and Holm p; the catalog datasets named under
+  set with its CI bounds, Δ vs base, raw and Holm p; with several training seeds, each
+  variant's mean, sd, min and max over them on the parent run (``seeds/<variant>/...``); the
+  catalog datasets named under
   ``mift_kedro.artifacts`` in ``mlflow.yml`` become artifacts of the run (their files, laid
   out as under ``data/``). A hook rather than ``MlflowArtifactDataset`` wrappers in the catalog,
   because a failed upload must not fail the node that saved the file, and kedro-viz keeps
@@ -45,7 +48,8 @@ from kedro_mlflow.framework.hooks.utils import _flatten_dict
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from mift_kedro import runs
+from mift_kedro import config, runs
+from mift_kedro.config import TrainedModel, trained_models
 
 # Unless set otherwise: no usage telemetry (the project runs offline), and no background job
 # runners in `kedro mlflow ui` (they serve MLflow's GenAI evaluations, unused here, and cost
@@ -63,6 +67,7 @@ _MLFLOW_PATTERNS = ["mlflow*", "mlflow*/**", "**/mlflow*"]  # as kedro-mlflow re
 _SQLITE = "sqlite:///"
 _METRIC_KEYS = ("eval_set", "model", "display_name", "metric")
 _NOT_LOGGED = {"higher_is_better", "n", "bootstrap_resamples"}
+_NOT_TRAIN_METRICS = {"seed"}  # the training seed is a parameter of the model's run (training_seed)
 _NOT_PARAMS = {"variant", "checkpoint_dir", "resumed_from"}  # the run's name; paths of this machine
 
 
@@ -166,6 +171,8 @@ class TrackingHooks(MlflowHook):
                 self._log_training(dataset_name.rsplit(".", 1)[0], data)
             elif dataset_name == "metrics":
                 self._log_metrics(data)
+            elif dataset_name == "seed_summary":
+                self._log_seed_summary(data)
             self._log_artifact(dataset_name)
 
     @hook_impl(trylast=True)  # after the hooks that save the run's records
@@ -206,14 +213,22 @@ class TrackingHooks(MlflowHook):
                       "mift.save_version": str(self._save_version)},
             )
             self._children[model] = run.info.run_id
-            spec = self._parameters.get("variants", {}).get(model)
-            if spec:  # what the variant is: its budget and mix (its training.* come with its record)
+            trained = self._trained_models().get(model)
+            if trained:  # what the variant is: its budget and mix (its training.* come with its record)
+                spec = self._parameters.get("variants", {}).get(trained.variant) or {}
                 setup = {k: v for k, v in spec.items() if k != "training"}
                 setup["alpaca_fraction"] = (spec.get("mix") or {}).get("alpaca", 0.0)
+                setup.update(variant=trained.variant, training_seed=trained.seed)
+                client.set_tag(run.info.run_id, "mift.variant", trained.variant)
             else:
                 setup = {"base_model": self._parameters.get("base_model")}
             _log_batch(run.info.run_id, params=_params(setup))
         return self._children[model]
+
+    def _trained_models(self) -> dict[str, TrainedModel]:
+        """The run's fine-tuned models by name: one per variant and training seed."""
+        variants = self._parameters.get("variants") or {}
+        return {m.name: m for m in trained_models(variants, config.training_seeds(self._parameters))}
 
     def _log_training(self, model: str, record: dict[str, Any]) -> None:
         """Loss and learning rate per step, and every number of the training record."""
@@ -223,7 +238,11 @@ class TrackingHooks(MlflowHook):
             for key in ("loss", "learning_rate"):
                 if _number(row.get(key)):
                     metrics.append(Metric(f"train/{key}", float(row[key]), now, int(row["step"])))
-        metrics += [Metric(f"train/{k}", float(v), now, 0) for k, v in record.items() if _number(v)]
+        metrics += [
+            Metric(f"train/{k}", float(v), now, 0)
+            for k, v in record.items()
+            if _number(v) and k not in _NOT_TRAIN_METRICS
+        ]
         setup = {k: v for k, v in record.items() if isinstance(v, str | bool) and k not in _NOT_PARAMS}
         params = _params({"training": record.get("params") or {}, "setup": setup})
         _log_batch(self._child(model, str(record.get("variant", model))), metrics, params)
@@ -244,6 +263,19 @@ class TrackingHooks(MlflowHook):
             for eval_set, part in rows.groupby("eval_set"):
                 metrics.append(Metric(f"{eval_set}/n", float(part["n"].iloc[0]), now, 0))
             _log_batch(self._child(str(model), str(rows["display_name"].iloc[0])), metrics)
+
+    def _log_seed_summary(self, frame: pd.DataFrame) -> None:
+        """Each variant's spread over its training seeds, on the parent run:
+        ``seeds/<variant>/<eval_set>/<metric>_{mean,sd,min,max}`` (several seeds only)."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"seeds/{row['variant']}/{row['eval_set']}/{row['metric']}_{stat}", float(row[stat]), now, 0)
+            for row in frame.to_dict("records")
+            if row["n_seeds"] > 1
+            for stat in ("mean", "sd", "min", "max")
+            if _number(row[stat])
+        ]
+        _log_batch(self.run_id, metrics)
 
     def _log_artifact(self, name: str) -> None:
         if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self._artifacts):

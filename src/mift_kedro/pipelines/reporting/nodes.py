@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mift_kedro.config import EVAL_SETS, ParameterError
+from mift_kedro.config import EVAL_SETS, ParameterError, seed_display_name, trained_models
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
-from mift_kedro.pipelines.reporting import stats
+from mift_kedro.pipelines.reporting import seeds, stats
 from mift_kedro.pipelines.reporting import sweep as S
 from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
 from mift_kedro.pipelines.reporting.params import (
@@ -160,8 +160,10 @@ def generate_variant_predictions(
     training: dict[str, Any],
     variants: dict[str, Any],
     model_name: str,
+    training_seed: int | None = None,
 ) -> pd.DataFrame:
     """Predictions of base + adapter (a ``peft.PeftModel``; no merge), base's tokenizer.
+    ``training_seed``, when the variant was trained with several, goes into the display name.
 
     The adapter is moved onto the base the base row uses (same quantization, device and
     dtype) when it was loaded otherwise; scoring checks the weights themselves.
@@ -180,7 +182,8 @@ def generate_variant_predictions(
     adapter = on_base(adapter, str(recorded or base_model), quantization, cfg.device)
     return predict(
         adapter, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
-        model_name=model_name, display_name=variant.get("display_name", model_name), seed=seed,
+        model_name=model_name, seed=seed,
+        display_name=seed_display_name(variant.get("display_name", model_name), training_seed),
     )
 
 
@@ -385,9 +388,20 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
 # --- tables, plots, report ------------------------------------------------------------------
 
 
-def build_table(metrics: pd.DataFrame, eval_set: str) -> tuple[pd.DataFrame, str]:
-    """Table A/B/C for one evaluation set: CSV frame and Markdown text."""
-    return R.table_frame(metrics, eval_set), R.table_markdown(metrics, eval_set)
+def build_table(
+    metrics: pd.DataFrame, seed_summary: pd.DataFrame | None = None, *, eval_set: str
+) -> tuple[pd.DataFrame, str]:
+    """Table A/B/C for one evaluation set: CSV frame and Markdown text; with several training
+    seeds, each variant's spread over seeds (``seed_summary``) beside its per-seed columns."""
+    return R.table_frame(metrics, eval_set, seed_summary), R.table_markdown(metrics, eval_set, seed_summary)
+
+
+def build_seed_summary(
+    metrics: pd.DataFrame, variants: dict[str, Any], training_seeds: list[int]
+) -> tuple[pd.DataFrame, str]:
+    """Each variant's metrics over its training seeds: mean, sd, min, max (CSV and Markdown)."""
+    summary = seeds.seed_summary(metrics, variants, training_seeds)
+    return summary, R.seed_summary_markdown(summary)
 
 
 def plot_metrics(metrics: pd.DataFrame, eval_set: str):
@@ -405,17 +419,28 @@ def build_report(
     metrics: pd.DataFrame,
     curve: pd.DataFrame,
     comparison: pd.DataFrame,
+    seed_summary: pd.DataFrame,
     parameters: dict[str, Any],
     *predictions: pd.DataFrame,
 ) -> str:
     frame = pd.concat(predictions, ignore_index=True)
-    return R.render_report(metrics, frame, parameters, curve, comparison)
+    return R.render_report(metrics, frame, parameters, curve, comparison, seed_summary)
 
 
 def build_forgetting_curve(
-    metrics: pd.DataFrame, variants: dict[str, Any], reporting: dict[str, Any]
+    metrics: pd.DataFrame,
+    variants: dict[str, Any],
+    reporting: dict[str, Any],
+    training_seeds: list[int] | None = None,
+    seed_summary: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, str, Any]:
-    """The forgetting curve over the declared variants: table (CSV and Markdown) and plot."""
+    """The forgetting curve over the declared variants (every training seed a point), with each
+    variant's spread over seeds when there are several: table (CSV and Markdown) and plot."""
     pairs = reporting_params(reporting).forgetting_curve_metrics
-    curve = S.forgetting_curve(metrics, variants, pairs and [(p.eval_set, p.metric) for p in pairs])
-    return curve, S.forgetting_curve_markdown(curve), S.plot_forgetting_curve(curve)
+    models = trained_models(variants, training_seeds)
+    curve = S.forgetting_curve(metrics, variants, pairs and [(p.eval_set, p.metric) for p in pairs], models=models)
+    return (
+        curve,
+        S.forgetting_curve_markdown(curve, seed_summary),
+        S.plot_forgetting_curve(curve, seed_summary),
+    )

@@ -2,7 +2,10 @@
 -> tables A/B/C, plots, report.
 
 Models are data: the base model (namespace ``base``) plus one namespace per variant declared
-under ``variants`` in parameters, each generating ``<model>.predictions``.
+under ``variants`` in parameters and training seed of ``training_seeds`` (the variant's name
+with one seed, ``<variant>_s<seed>`` with several), each generating ``<model>.predictions``.
+``seed_summary`` aggregates the per-seed metrics of each variant (mean, sd, min, max), which
+tables A/B/C, the forgetting curve and the report show beside the bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import warnings
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from mift_kedro.config import EVAL_SETS
+from mift_kedro.config import EVAL_SETS, TrainedModel, trained_models
 from mift_kedro.pipelines import bind
 from mift_kedro.pipelines.reporting import nodes
 from mift_kedro.pipelines.reporting.report import TABLES
@@ -39,27 +42,29 @@ def _base_pipeline() -> Pipeline:
     )
 
 
-def _variant_pipeline(variant: str) -> Pipeline:
+def _variant_pipeline(model: TrainedModel, several: bool) -> Pipeline:
+    """Generation with one variant's adapter for one training seed (namespace ``model.name``)."""
+    named = {"training_seed": model.seed} if several else {}  # display name "FT-CustomOnly (seed 43)"
     return pipeline(
         [
             Node(
-                bind(nodes.generate_variant_predictions, model_name=variant),
+                bind(nodes.generate_variant_predictions, model_name=model.name, **named),
                 ["adapter", "base_model", *EVAL_INPUTS, "params:reporting", "params:seed",
                  "params:variant", "params:training", "params:variants"],
                 "predictions",
                 name="generate_predictions",
             )
         ],
-        namespace=variant,
+        namespace=model.name,
         inputs={"base_model", *EVAL_INPUTS},
         parameters={
             "params:reporting": "params:reporting",
             "params:seed": "params:seed",
-            "params:variant": f"params:variants.{variant}",
+            "params:variant": f"params:variants.{model.variant}",
             "params:training": "params:training",
             "params:variants": "params:variants",
         },
-        tags=["reporting", "generation", variant],
+        tags=["reporting", "generation", model.variant, model.name],
     )
 
 
@@ -86,8 +91,14 @@ def _shared_nodes(models: list[str]) -> Pipeline:
             name="compute_metrics",
         ),
         Node(
+            nodes.build_seed_summary,
+            ["metrics", "params:variants", "params:training_seeds"],
+            ["seed_summary", "seed_summary_md"],
+            name="build_seed_summary",
+        ),
+        Node(
             nodes.build_forgetting_curve,
-            ["metrics", "params:variants", "params:reporting"],
+            ["metrics", "params:variants", "params:reporting", "params:training_seeds", "seed_summary"],
             ["forgetting_curve", "forgetting_curve_md", "plot_forgetting_curve"],
             name="build_forgetting_curve",
         ),
@@ -99,7 +110,7 @@ def _shared_nodes(models: list[str]) -> Pipeline:
         ),
         Node(
             nodes.build_report,
-            ["metrics", "forgetting_curve", "study_comparison", "parameters", *predictions],
+            ["metrics", "forgetting_curve", "study_comparison", "seed_summary", "parameters", *predictions],
             "report",
             name="build_report",
         ),
@@ -108,7 +119,7 @@ def _shared_nodes(models: list[str]) -> Pipeline:
         nodes_ += [
             Node(
                 bind(nodes.build_table, eval_set=eval_set),
-                "metrics",
+                ["metrics", "seed_summary"],
                 [f"table_{letter}_csv", f"table_{letter}_md"],
                 name=f"build_table_{letter}",
             ),
@@ -122,9 +133,12 @@ def _shared_nodes(models: list[str]) -> Pipeline:
     return Pipeline(nodes_, tags="reporting")
 
 
-def create_pipeline(variants: list[str] | None = None, **kwargs) -> Pipeline:
-    variants = list(variants or [])
-    if BASE in variants:
+def create_pipeline(variants: list[str] | None = None, seeds: list[int] | None = None, **kwargs) -> Pipeline:
+    """The base model plus one generation namespace per variant and training seed (``seeds``:
+    ``training_seeds``; None: one per variant), then the shared scoring and reporting."""
+    models = trained_models(dict.fromkeys(variants or []), seeds)
+    if BASE in {m.name for m in models}:
         raise ValueError(f"a variant may not be called {BASE!r}: that namespace is the base model's")
-    per_model = [_base_pipeline()] + [_variant_pipeline(v) for v in variants]
-    return sum(per_model, Pipeline([])) + _shared_pipeline([BASE, *variants])
+    several = len(seeds or []) > 1
+    per_model = [_base_pipeline()] + [_variant_pipeline(m, several) for m in models]
+    return sum(per_model, Pipeline([])) + _shared_pipeline([BASE, *(m.name for m in models)])

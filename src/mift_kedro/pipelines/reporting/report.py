@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mift_kedro.pipelines.reporting import stats
+from mift_kedro.pipelines.reporting import seeds, stats
 from mift_kedro.pipelines.reporting.params import EVALUATE_METRICS, ReferenceStudy
 from mift_kedro.pipelines.reporting.sweep import curve_note, curve_table, plot_forgetting_curve
 
@@ -75,15 +75,37 @@ def _metric_order(subset: pd.DataFrame) -> list[str]:
     return [m for m in METRIC_LABELS if m in present] + [m for m in present if m not in METRIC_LABELS]
 
 
-def table_frame(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
+def _columns(subset: pd.DataFrame, summary: pd.DataFrame | None, eval_set: str) -> list[tuple[str, Any, str]]:
+    """The table's columns in order: ``("model", model, display)`` per model and, with several
+    training seeds, ``("spread", variant, header)`` right after each variant's last seed."""
+    columns: list[tuple[str, Any, str]] = [("model", m, d) for m, d in _models(subset)]
+    if not seeds.several_seeds(summary):
+        return columns
+    for variant in seeds.variants_of(summary, eval_set):
+        members = set(variant["models"].split(","))
+        last = max((i for i, c in enumerate(columns) if c[0] == "model" and c[1] in members), default=len(columns) - 1)
+        columns.insert(last + 1, ("spread", variant["variant"], seeds.spread_header(variant)))
+    return columns
+
+
+def table_frame(metrics: pd.DataFrame, eval_set: str, summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """Numeric table: one row per metric; per model value, CI bounds, and (variants) Δ vs base,
-    its raw and Holm-adjusted p (Holm within this table)."""
+    its raw and Holm-adjusted p (Holm within this table); with several training seeds, per
+    variant the mean, sd, min and max over its seeds (``summary``: ``seed_summary``)."""
     subset = _subset(metrics, eval_set)
     holm = pd.Series(stats.holm(subset["p_value_vs_base"].astype(float)), index=subset.index)
     rows = []
     for metric in _metric_order(subset):
         row: dict[str, Any] = {"metric": metric, "n": int(subset["n"].iloc[0])}
-        for model, display in _models(subset):
+        for kind, model, display in _columns(subset, summary, eval_set):
+            if kind == "spread":
+                spread = seeds.lookup(summary, eval_set, metric, model)
+                if spread is not None:
+                    name = spread["display_name"]
+                    for stat in ("mean", "sd", "min", "max"):
+                        row[f"{name} seed_{stat}"] = spread[stat]
+                    row[f"{name} n_seeds"] = int(spread["n_seeds"])
+                continue
             r = _row(subset, model, metric)
             if r is None:
                 continue
@@ -98,10 +120,7 @@ def table_frame(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(value: float, metric: str) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return f"{value:.1f}" if metric == "bleu" else f"{value:.3f}"
+_fmt = stats.format_value
 
 
 def _cell(r: pd.Series, metric: str, p_text: str) -> str:
@@ -112,16 +131,23 @@ def _cell(r: pd.Series, metric: str, p_text: str) -> str:
     return text
 
 
-def table_rows(metrics: pd.DataFrame, eval_set: str) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows: ``value [95% CI] (Δ vs base, paired bootstrap p, Holm p)``."""
+def table_rows(
+    metrics: pd.DataFrame, eval_set: str, summary: pd.DataFrame | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows: ``value [95% CI] (Δ vs base, paired bootstrap p, Holm p)``;
+    with several training seeds also, per variant, ``mean ± sd (min–max)`` over its seeds."""
     subset = _subset(metrics, eval_set)
     p_texts = stats.comparison_texts(subset)
-    models = _models(subset)
-    header = ["Metric"] + [d for _, d in models]
+    columns = _columns(subset, summary, eval_set)
+    header = ["Metric"] + [title for _, _, title in columns]
     rows = []
     for metric in _metric_order(subset):
         row = [METRIC_LABELS.get(metric, metric)]
-        for model, _ in models:
+        for kind, model, _ in columns:
+            if kind == "spread":
+                spread = seeds.lookup(summary, eval_set, metric, model)
+                row.append(seeds.spread_text(spread, metric) if spread is not None else "")
+                continue
             r = _row(subset, model, metric)
             row.append(_cell(r, metric, p_texts.loc[r.name]) if r is not None else "")
         rows.append(row)
@@ -136,8 +162,8 @@ def _markdown_table(header: list[str], rows: list[list[str]], text_columns: int 
     ]
 
 
-def table_markdown(metrics: pd.DataFrame, eval_set: str) -> str:
-    header, rows = table_rows(metrics, eval_set)
+def table_markdown(metrics: pd.DataFrame, eval_set: str, summary: pd.DataFrame | None = None) -> str:
+    header, rows = table_rows(metrics, eval_set, summary)
     n = int(_subset(metrics, eval_set)["n"].iloc[0])
     lines = [
         f"## {TITLES.get(eval_set, eval_set)}",
@@ -146,11 +172,48 @@ def table_markdown(metrics: pd.DataFrame, eval_set: str) -> str:
         "(Δ vs base, paired bootstrap p-value, Holm-adjusted p-value).",
         "",
         stats.family_note(_subset(metrics, eval_set), "in this table"),
+        *(["", seeds.SPREAD_NOTE] if seeds.several_seeds(summary) else []),
         "",
         *_markdown_table(header, rows),
     ]
     if eval_set in NOTES:
         lines += ["", f"_{NOTES[eval_set]}_"]
+    return "\n".join(lines) + "\n"
+
+
+def seed_summary_rows(summary: pd.DataFrame, eval_set: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one evaluation set: per metric (those of tables A/B/C) the base value
+    and each variant's ``mean ± sd (min–max)`` over its training seeds."""
+    part = summary[summary["eval_set"] == eval_set]
+    variants = seeds.variants_of(summary, eval_set)
+    header = ["Metric", "Base"] + [seeds.spread_header(v) for v in variants]
+    rows = []
+    for metric in _metric_order(part):
+        cells = [seeds.lookup(summary, eval_set, metric, v["variant"]) for v in variants]
+        base = next(c["base_value"] for c in cells if c is not None)
+        rows.append([METRIC_LABELS.get(metric, metric), _fmt(base, metric)]
+                    + ["" if c is None else seeds.spread_text(c, metric) for c in cells])
+    return header, rows
+
+
+def seed_summary_markdown(summary: pd.DataFrame) -> str:
+    """The seed summary as Markdown: one table per evaluation set; with one seed per variant, a
+    line saying there is no spread to show."""
+    if not seeds.several_seeds(summary):
+        return (
+            "_One training seed per variant (`training_seeds`): no spread over seeds to show. "
+            "List several seeds (e.g. `kedro run --env seeds`) to measure training noise._\n"
+        )
+    first = summary.iloc[0]
+    lines = [
+        "## Spread over training seeds",
+        "",
+        f"{int(summary['n_seeds'].max())} training seeds per variant ({first['seeds'].replace(',', ', ')}). {seeds.SPREAD_NOTE}",
+    ]
+    for eval_set in TABLES:
+        if (summary["eval_set"] == eval_set).any():
+            header, rows = seed_summary_rows(summary, eval_set)
+            lines += ["", f"**{TITLES.get(eval_set, eval_set)}**", "", *_markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -326,9 +389,10 @@ def render_report(
     parameters: dict[str, Any],
     curve: pd.DataFrame | None = None,
     comparison: pd.DataFrame | None = None,
+    summary: pd.DataFrame | None = None,
 ) -> str:
-    """One self-contained HTML page: tables, plots (inline PNG), the study comparison,
-    parameters, examples."""
+    """One self-contained HTML page: tables, plots (inline PNG), the study comparison, the
+    spread over training seeds (``summary``, when there are several), parameters, examples."""
     from mift_kedro.pipelines.reporting.params import reference_study
 
     reporting = (parameters or {}).get("reporting") or {}
@@ -348,6 +412,7 @@ def render_report(
         _base_weights_html(predictions),
         "<h2>Contents</h2><ul>"
         + "".join(f"<li><a href='#{s}'>{html.escape(TITLES[s])}</a></li>" for s in TABLES if s in set(metrics["eval_set"]))
+        + ("<li><a href='#seeds'>Spread over training seeds</a></li>" if seeds.several_seeds(summary) else "")
         + ("<li><a href='#study'>Against the reference study</a></li>" if comparison is not None and not comparison.empty else "")
         + ("<li><a href='#forgetting_curve'>Forgetting curve</a></li>" if curve is not None and not curve.empty else "")
         + "<li><a href='#examples'>Example predictions</a></li><li><a href='#parameters'>Run parameters</a></li></ul>",
@@ -355,7 +420,7 @@ def render_report(
     for eval_set in TABLES:
         if eval_set not in set(metrics["eval_set"]):
             continue
-        header, rows = table_rows(metrics, eval_set)
+        header, rows = table_rows(metrics, eval_set, summary)
         n = int(_subset(metrics, eval_set)["n"].iloc[0])
         fig = metric_figure(metrics, eval_set)
         parts += [
@@ -363,9 +428,17 @@ def render_report(
             f"<p>n = {n} examples. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
             _html_table(header, rows),
             f"<p class='note'>{html.escape(stats.family_note(_subset(metrics, eval_set), 'in this table'))}</p>",
+            f"<p class='note'>{html.escape(seeds.SPREAD_NOTE)}</p>" if seeds.several_seeds(summary) else "",
             f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
             f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
         ]
+    if seeds.several_seeds(summary):
+        parts += ["<h2 id='seeds'>Spread over training seeds</h2>", f"<p>{html.escape(seeds.SPREAD_NOTE)}</p>"]
+        for eval_set in TABLES:
+            part = summary[summary["eval_set"] == eval_set]
+            if not part.empty:
+                header, rows = seed_summary_rows(summary, eval_set)
+                parts += [f"<h3>{html.escape(TITLES[eval_set])}</h3>", _html_table(header, rows)]
     if comparison is not None and not comparison.empty:
         header, rows = study_rows(comparison)
         study = reference_study((parameters or {}).get("reference_study"))
@@ -375,14 +448,14 @@ def render_report(
             _html_table(header, rows, numeric_from=2),
         ]
     if curve is not None and not curve.empty:
-        header, rows = curve_table(curve)
+        header, rows = curve_table(curve, summary)
         parts += [
             "<h2 id='forgetting_curve'>Forgetting curve</h2>",
             "<p>Each variant at the share of Alpaca examples in its training budget; cells: value "
             "[95% CI] (p, Holm-adjusted p vs base). The first row (and the dashed line) is the base model.</p>",
             _html_table(header, rows, numeric_from=2),
-            f"<p class='note'>{html.escape(curve_note(curve))}</p>",
-            f"<img alt='forgetting curve' src='data:image/png;base64,{_figure_png(plot_forgetting_curve(curve))}'>",
+            f"<p class='note'>{html.escape(curve_note(curve, summary))}</p>",
+            f"<img alt='forgetting curve' src='data:image/png;base64,{_figure_png(plot_forgetting_curve(curve, summary))}'>",
         ]
     parts.append("<h2 id='examples'>Example predictions</h2>")
     for eval_set in TABLES:

@@ -68,6 +68,13 @@ def format_p(p: float, resamples: int | None = None, *, bound: bool = False, dig
     return f"p ≤ {p:.{digits}f}" if bound else f"p={p:.{digits}f}"
 
 
+def format_value(value: float, metric: str) -> str:
+    """A metric's value as the tables print it: BLEU (0-100) with one decimal, the rest three."""
+    if _missing(value):
+        return "n/a"
+    return f"{value:.1f}" if metric == "bleu" else f"{value:.3f}"
+
+
 def _round_up(value: float) -> float:
     """``value`` rounded up to one significant digit (0.000999 -> 0.001, 0.00498 -> 0.005)."""
     exponent = math.floor(math.log10(value))

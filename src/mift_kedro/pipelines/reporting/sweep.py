@@ -1,8 +1,9 @@
 """The forgetting curve: how in-domain and general skill move with the share of general
 instructions in a fixed training budget (issue: mixing-ratio sweep).
 
-Pure functions of the ``metrics`` table and the ``variants`` parameters; every variant is a
-point at its Alpaca fraction, the base model a horizontal reference line.
+Pure functions of the ``metrics`` table and the ``variants`` parameters; every variant (every
+training seed of it) is a point at its Alpaca fraction, the base model a horizontal reference
+line; with several training seeds, ``seed_summary`` adds each variant's mean and spread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from mift_kedro.pipelines.reporting import stats
+from mift_kedro.config import TrainedModel, trained_models
+from mift_kedro.pipelines.reporting import seeds, stats
 
 #: (eval_set, metric) pairs on the curve: in-domain skill, then general skill.
 DEFAULT_CURVE_METRICS = [
@@ -34,26 +36,29 @@ def forgetting_curve(
     variants: dict[str, dict[str, Any]],
     curve_metrics: list[tuple[str, str]] | None = None,
     base_model: str = "base",
+    models: list[TrainedModel] | None = None,
 ) -> pd.DataFrame:
-    """One row per (eval_set, metric, variant): its Alpaca fraction, value and 95% CI, its paired
+    """One row per (eval_set, metric, model): its Alpaca fraction, value and 95% CI, its paired
     difference from the base model, p-value and Holm-adjusted p-value (the family: every test on
     the curve), and the base model's value and CI. Metrics in the order asked for (in-domain
-    first), variants by their fraction."""
+    first), models by their variant's fraction. ``models``: the (variant, training seed) models
+    of the run (:func:`mift_kedro.config.trained_models`); default one per variant."""
     rows = []
     indexed = metrics.set_index(["eval_set", "metric", "model"])
+    models = models if models is not None else trained_models(variants)
     for eval_set, metric in curve_metrics or DEFAULT_CURVE_METRICS:
         if (eval_set, metric, base_model) not in indexed.index:
             continue  # e.g. an evaluation set this run did not score
         base = indexed.loc[(eval_set, metric, base_model)]
-        for name, spec in sorted(variants.items(), key=lambda item: _alpaca_fraction(item[1])):
-            if (eval_set, metric, name) not in indexed.index:
+        for model in sorted(models, key=lambda m: _alpaca_fraction(variants[m.variant])):
+            if (eval_set, metric, model.name) not in indexed.index:
                 continue
-            point = indexed.loc[(eval_set, metric, name)]
+            point = indexed.loc[(eval_set, metric, model.name)]
             rows.append(
                 {
-                    "eval_set": eval_set, "metric": metric, "model": name,
-                    "display_name": spec.get("display_name", name),
-                    "alpaca_fraction": _alpaca_fraction(spec),
+                    "eval_set": eval_set, "metric": metric, "model": model.name,
+                    "display_name": model.display_name,
+                    "alpaca_fraction": _alpaca_fraction(variants[model.variant]),
                     "value": point["value"], "ci_low": point["ci_low"], "ci_high": point["ci_high"],
                     # the paired comparison with the base model on the same items, when scored
                     "delta_vs_base": point.get("delta_vs_base"),
@@ -71,10 +76,11 @@ def _alpaca_fraction(spec: dict[str, Any]) -> float:
     return float(spec.get("mix", {}).get("alpaca", 0.0))
 
 
-def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: the base model, then one row per variant by Alpaca fraction; one column
-    per metric, cells ``value [95% CI]``, for variants followed by ``(p, Holm p)`` against the
-    base model (Holm over every test on the curve)."""
+def curve_table(curve: pd.DataFrame, summary: pd.DataFrame | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: the base model, then one row per model by Alpaca fraction; one column
+    per metric, cells ``value [95% CI]``, for models followed by ``(p, Holm p)`` against the
+    base model (Holm over every test on the curve). With several training seeds, after each
+    variant's seeds a row ``<variant> over N seeds``: ``mean ± sd (min–max)``."""
     keys = list(dict.fromkeys(curve["eval_set"] + " " + curve["metric"]))
     header = ["Alpaca fraction", "model", *keys]
     if curve.empty:
@@ -82,9 +88,24 @@ def curve_table(curve: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     cell = curve.assign(key=curve["eval_set"] + " " + curve["metric"], p_text=stats.comparison_texts(curve))
     base = cell.drop_duplicates("key").set_index("key")
     rows = [["—", "base", *(_interval(base.loc[k], "base_") for k in keys)]]
+    models: list[str] = []
     for (fraction, name), part in cell.groupby(["alpaca_fraction", "display_name"], sort=True):
         values = part.set_index("key")
         rows.append([f"{fraction:.2f}", name, *(_interval(values.loc[k]) if k in values.index else "" for k in keys)])
+        models.append(part["model"].iloc[0])
+    if seeds.several_seeds(summary):
+        pairs = list(dict.fromkeys(zip(curve["eval_set"], curve["metric"], strict=True)))
+        inserts = []
+        for variant in seeds.variants_of(summary, pairs[0][0]):
+            at = [i for i, m in enumerate(models) if m in variant["models"].split(",")]
+            if not at:
+                continue
+            fraction = curve.loc[curve["model"] == models[at[-1]], "alpaca_fraction"].iloc[0]
+            spreads = [seeds.lookup(summary, e, m, variant["variant"]) for e, m in pairs]
+            inserts.append((at[-1] + 2, [f"{fraction:.2f}", seeds.spread_header(variant),
+                                         *("" if r is None else seeds.spread_text(r, m) for r, (_, m) in zip(spreads, pairs, strict=True))]))
+        for position, row in sorted(inserts, key=lambda item: -item[0]):  # after each variant's last seed
+            rows.insert(position, row)
     return header, rows
 
 
@@ -96,25 +117,28 @@ def _interval(point: pd.Series, prefix: str = "") -> str:
     return f"{text} ({p_text})" if p_text else text
 
 
-def curve_note(curve: pd.DataFrame) -> str:
-    """The family statement of the curve's p-values."""
-    return stats.family_note(curve, "on this curve (every variant on every metric)")
+def curve_note(curve: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
+    """The family statement of the curve's p-values (and what the over-seeds rows are)."""
+    note = stats.family_note(curve, "on this curve (every variant on every metric)")
+    return f"{note} {seeds.SPREAD_NOTE}" if seeds.several_seeds(summary) else note
 
 
-def forgetting_curve_markdown(curve: pd.DataFrame) -> str:
+def forgetting_curve_markdown(curve: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
     """The curve as a Markdown table (see :func:`curve_table`), with its family statement."""
     if curve.empty:
         return "_No forgetting curve: no variant was scored._\n"
-    header, rows = curve_table(curve)
+    header, rows = curve_table(curve, summary)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", curve_note(curve)]
+    lines += ["", curve_note(curve, summary)]
     return "\n".join(lines) + "\n"
 
 
-def plot_forgetting_curve(curve: pd.DataFrame):
+def plot_forgetting_curve(curve: pd.DataFrame, summary: pd.DataFrame | None = None):
     """One panel per metric: the variants' values with 95% CI error bars against the Alpaca
-    fraction, the base model as a horizontal line with its CI band."""
+    fraction, the base model as a horizontal line with its CI band. With several training
+    seeds, every seed is a point (with its CI) and the line joins the means over seeds, with
+    ± one sd of the seeds as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,11 +154,14 @@ def plot_forgetting_curve(curve: pd.DataFrame):
         part = curve[(curve["eval_set"] == eval_set) & (curve["metric"] == metric)]
         if part.empty:
             continue
-        ax.errorbar(
-            part["alpaca_fraction"], part["value"],
-            yerr=[part["value"] - part["ci_low"], part["ci_high"] - part["value"]],
-            marker="o", capsize=3, label="fine-tuned",
-        )
+        if seeds.several_seeds(summary):
+            _plot_seeds(ax, part, summary, eval_set, metric)
+        else:
+            ax.errorbar(
+                part["alpaca_fraction"], part["value"],
+                yerr=[part["value"] - part["ci_low"], part["ci_high"] - part["value"]],
+                marker="o", capsize=3, label="fine-tuned",
+            )
         base = part.iloc[0]
         ax.axhline(base["base_value"], color="grey", linestyle="--", label="base model")
         ax.axhspan(base["base_ci_low"], base["base_ci_high"], color="grey", alpha=0.15)
@@ -145,3 +172,21 @@ def plot_forgetting_curve(curve: pd.DataFrame):
     fig.suptitle("Forgetting curve (95% bootstrap CIs)")
     fig.tight_layout()
     return fig
+
+
+def _plot_seeds(ax, part: pd.DataFrame, summary: pd.DataFrame, eval_set: str, metric: str) -> None:
+    """Per-seed points (95% CI, pale, spread a little sideways) and the mean over seeds ± sd."""
+    means = summary[(summary["eval_set"] == eval_set) & (summary["metric"] == metric)].copy()
+    fraction = part.drop_duplicates("model").set_index("model")["alpaca_fraction"]
+    means["alpaca_fraction"] = [fraction.get(m.split(",")[0]) for m in means["models"]]
+    means = means.dropna(subset=["alpaca_fraction"]).sort_values("alpaca_fraction")
+    offset = part.groupby("alpaca_fraction").cumcount() - part.groupby("alpaca_fraction")["model"].transform("size").sub(1) / 2
+    ax.errorbar(
+        part["alpaca_fraction"] + 0.012 * offset, part["value"],
+        yerr=[part["value"] - part["ci_low"], part["ci_high"] - part["value"]],
+        fmt="o", markersize=3, capsize=2, alpha=0.4, color="tab:blue", label="each seed (95% CI)",
+    )
+    ax.errorbar(
+        means["alpaca_fraction"], means["mean"], yerr=means["sd"].fillna(0.0),
+        marker="s", capsize=5, linewidth=2, color="tab:orange", label="mean over seeds (± sd)",
+    )

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from mift_kedro import chat, models
-from mift_kedro.config import ParameterError, variant_spec
+from mift_kedro.config import ParameterError, seed_display_name, variant_spec
 from mift_kedro.pipelines.training.params import TrainingParams, base_model_params, training_params
 
 logger = logging.getLogger(__name__)
@@ -203,11 +203,16 @@ def train_adapter(
     training: dict[str, Any],
     seed: int,
     callbacks: list[Any] | None = None,
+    seed_in_name: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """Fine-tune one variant; return its LoRA adapter and its training metrics.
+    """Fine-tune one variant with one training seed; return its LoRA adapter and its training
+    metrics. ``seed`` sets the LoRA initialisation, data order and dropout (the data itself is
+    the variant's); ``seed_in_name`` names the model "<display name> (seed <seed>)", as when a
+    variant is trained with several seeds.
 
     Every process of an ``accelerate launch`` runs this (DDP); Kedro hooks let only the main
-    process save. A rerun with the same parameters and data resumes from the last checkpoint.
+    process save. A rerun with the same parameters, data and seed resumes from the last
+    checkpoint.
     """
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -223,6 +228,8 @@ def train_adapter(
     )
 
     spec = variant_spec(variant)
+    # the model's name; the checkpoint key below keeps the variant's spec (the seed is in it)
+    shown = spec.model_copy(update={"display_name": seed_display_name(spec.display_name, seed if seed_in_name else None)})
     params = training_params(training, spec.training)
     state = distributed_state()
     batches = batch_plan(params, state.num_processes)  # before any work: a bad count fails now
@@ -238,7 +245,7 @@ def train_adapter(
     if data_report["dropped_overlong"] or data_report["truncated"]:
         logger.warning(
             "[%s] %d example(s) longer than max_length=%d tokens: %d dropped, %d truncated",
-            spec.display_name, data_report["dropped_overlong"] + data_report["truncated"],
+            shown.display_name, data_report["dropped_overlong"] + data_report["truncated"],
             params.max_length, data_report["dropped_overlong"], data_report["truncated"],
         )
     dataset = Dataset.from_list(examples)
@@ -252,7 +259,7 @@ def train_adapter(
     )
     output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
     if params.retrain and remove_once(state, output_dir):
-        logger.info("[%s] retrain: true, starting afresh in %s", spec.display_name, output_dir)
+        logger.info("[%s] retrain: true, starting afresh in %s", shown.display_name, output_dir)
     resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
     # 3. Model: base (fp32 on CPU, 4-bit NF4 for QLoRA) plus a seeded LoRA adapter
@@ -267,14 +274,14 @@ def train_adapter(
         train_dataset=dataset,
         data_collator=packed_collator(),
         processing_class=tokenizer,
-        callbacks=[TrainingProgress(spec.display_name), *(callbacks or [])],
+        callbacks=[TrainingProgress(shown.display_name), *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _steps(trainer, len(dataset))
     logger.info(
         "[%s] training on %d examples (%d dropped as too long), %d steps of %d sequences "
         "(%d process(es) x %d x %d accumulation steps), device %s%s, quantization %s, %s, LoRA r=%d%s",
-        spec.display_name, len(dataset), data_report["dropped_overlong"], steps, *batches, device,
+        shown.display_name, len(dataset), data_report["dropped_overlong"], steps, *batches, device,
         f" ({threads} threads)" if threads else "", params.quantization, models.compute_dtype(device),
         params.lora.r, f", resuming from {resume_from}" if resume_from else "",
     )
@@ -282,7 +289,7 @@ def train_adapter(
     if resume_from and checkpoint_step(resume_from) >= steps:
         logger.info(
             "[%s] already trained with these parameters and data (%s): reusing it without "
-            "training (set training.retrain=true to train it again)", spec.display_name, resume_from,
+            "training (set training.retrain=true to train it again)", shown.display_name, resume_from,
         )
 
     # 5. Train
@@ -291,13 +298,13 @@ def train_adapter(
     wall_time = time.perf_counter() - start
 
     metrics = training_metrics(
-        trainer.state, result.metrics, wall_time, spec, params, data_report,
-        base_model=base_model, device=device, batches=batches, threads=threads,
+        trainer.state, result.metrics, wall_time, shown, params, data_report,
+        base_model=base_model, seed=seed, device=device, batches=batches, threads=threads,
         resumed_from=resume_from, checkpoint_dir=output_dir,
     )
     logger.info(
         "[%s] done in %.0f s: loss %.3f -> %.3f, %d tokens, %.0f tokens/s",
-        spec.display_name, wall_time, metrics["loss_start"], metrics["loss_end"],
+        shown.display_name, wall_time, metrics["loss_start"], metrics["loss_end"],
         metrics["tokens_seen"], metrics["tokens_per_s"],
     )
     adapter = trainer.model
@@ -348,6 +355,7 @@ def training_metrics(
     tokens_this_run = state.num_input_tokens_seen - tokens_before
     return {
         "variant": spec.display_name,
+        "seed": context["seed"],
         "base_model": context["base_model"],
         "device": context["device"],
         **context["batches"]._asdict(),
