@@ -44,6 +44,9 @@ def _rank(rank: int, port: int, directory: str, out: str) -> None:
     Path(out, f"{rank}.json").write_text(
         json.dumps({"removed": removed, "exists_after": Path(directory).exists(), "gathered": ranks_past})
     )
+    # Leave together: a rank exiting while gloo's threads still serve the other aborts (SIGABRT)
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 @pytest.mark.slow

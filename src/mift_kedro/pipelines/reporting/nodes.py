@@ -18,6 +18,7 @@ from mift_kedro.pipelines.reporting import seeds, stats
 from mift_kedro.pipelines.reporting import sweep as S
 from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
 from mift_kedro.pipelines.reporting.params import (
+    EVALUATE_METRICS,
     generation_quantization,
     reference_study,
     reporting_params,
@@ -338,8 +339,9 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
 
     All models and metrics of an evaluation set share one set of resamples (seeded from
     ``seed`` and the set), over the examples every model answered, so the comparison with
-    the base model is paired. ``p_holm_vs_base`` is Holm-adjusted within the evaluation set (the
-    family of one table); ``bootstrap_resamples`` tells the p-value floor, 1/(resamples+1).
+    the base model is paired. ``p_holm_vs_base`` is Holm-adjusted within the comparisons of one
+    table (an evaluation set's own metrics; its ``evaluate_*`` metrics are a family of their
+    own); ``bootstrap_resamples`` tells the p-value floor, 1/(resamples+1).
     """
     cfg = reporting_params(params)
     labels = [0, 1]
@@ -380,7 +382,10 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
                     )
                 records.append(record)
     frame = pd.DataFrame(records, columns=METRIC_COLUMNS)
-    frame["p_holm_vs_base"] = frame.groupby("eval_set")["p_value_vs_base"].transform(stats.holm)
+    # Holm families: per evaluation set, the comparisons its table shows, and apart from them
+    # the study-comparable evaluate_* metrics (the study comparison's)
+    family = np.where(frame["metric"].isin(EVALUATE_METRICS), "study", "table")
+    frame["p_holm_vs_base"] = frame.groupby(["eval_set", family])["p_value_vs_base"].transform(stats.holm)
     frame["bootstrap_resamples"] = cfg.bootstrap.resamples
     return frame
 

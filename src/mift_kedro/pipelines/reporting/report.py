@@ -56,7 +56,9 @@ def _models(metrics: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _subset(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
-    subset = metrics[metrics["eval_set"] == eval_set]
+    """The rows of one table (A/B/C): the evaluation set's metrics without the study-comparable
+    ``evaluate_*`` ones, so a table's Holm family is the comparisons it shows."""
+    subset = metrics[(metrics["eval_set"] == eval_set) & ~metrics["metric"].isin(EVALUATE_METRICS)]
     if subset.empty:
         raise ValueError(f"no metrics for evaluation set {eval_set!r}")
     return subset
