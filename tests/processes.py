@@ -85,9 +85,23 @@ def survivors(mark: str, grace: float = 15) -> list[psutil.Process]:
     deadline = time.monotonic() + grace
     while True:
         found = _marked(mark) | {p for p in psutil.Process().children(recursive=True) if _running(p)}
+        found -= _own_resource_tracker()
         if not found or time.monotonic() > deadline:
             return sorted(found, key=lambda p: p.pid)
         time.sleep(0.5)
+
+
+def _own_resource_tracker() -> set[psutil.Process]:
+    """multiprocessing's resource tracker of this very process (started by a test's spawned
+    ranks when pytest runs without workers): it belongs to this process and ends with it."""
+    own = set()
+    for child in psutil.Process().children():
+        try:
+            if "multiprocessing.resource_tracker" in " ".join(child.cmdline()):
+                own.add(child)
+        except psutil.Error:
+            continue
+    return own
 
 
 def _running(process: psutil.Process) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,22 @@ def remove_once(state: Any, directory: Path) -> bool:
             shutil.rmtree(directory)
         state.wait_for_everyone()
     return exists
+
+
+def map_across_processes(items: Sequence[Any], work: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """``work(items)``, shared out among the processes of an ``accelerate launch``.
+
+    Each process gets a contiguous share of ``items`` (accelerate's ``split_between_processes``),
+    runs ``work`` on it (one result per item) and every process gets all results back in the
+    order of ``items`` (``gather_object``): N GPUs evaluate N times as fast, and what the
+    main process writes equals a one-process run. In one process: ``work(list(items))``.
+    """
+    if not is_distributed():
+        return work(list(items))
+    from accelerate.utils import gather_object
+
+    state = distributed_state()
+    with state.split_between_processes(list(enumerate(items))) as share:
+        results = work([item for _, item in share]) if share else []
+        mine = [(index, result) for (index, _), result in zip(share, results, strict=True)]
+    return [result for _, result in sorted(gather_object(mine), key=lambda pair: pair[0])]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mift_kedro.config import EVAL_SETS, ParameterError, seed_display_name, trained_models
+from mift_kedro.distributed import map_across_processes
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
 from mift_kedro.pipelines.reporting import seeds, stats
@@ -82,15 +83,18 @@ def _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, se
         if cfg.limit is not None:
             frame = frame.iloc[: cfg.limit]
         start = time.perf_counter()
-        generations = generate(
-            model,
-            tokenizer,
+        generations = map_across_processes(  # under `accelerate launch`: a share per process
             list(frame["prompt"]),
-            max_new_tokens=cfg.max_new_tokens[eval_set],
-            batch_size=cfg.batch_size,
-            sampling=cfg.sampling.model_dump(),
-            seed=seed,
-            desc=f"{model_name}/{eval_set}",
+            lambda prompts, eval_set=eval_set: generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=cfg.max_new_tokens[eval_set],
+                batch_size=cfg.batch_size,
+                sampling=cfg.sampling.model_dump(),
+                seed=seed,
+                desc=f"{model_name}/{eval_set}",
+            ),
         )
         elapsed = time.perf_counter() - start
         new_tokens = sum(g.completion_tokens for g in generations)

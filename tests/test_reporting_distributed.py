@@ -1,0 +1,105 @@
+"""Generation under `accelerate launch`: each process answers its share of an evaluation set
+and every process gets all answers back in input order, identical to a one-process run.
+
+Two CPU ranks over gloo, as torch.distributed.run would start them, each with the same tiny
+random Llama (seeded) and the embedded tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mift_kedro.chat import assistant_message, user_message
+
+WORLD = 2
+#: 7 prompts: an uneven split (4 + 3), of different lengths, so batches differ per rank
+PROMPTS = [
+    ("Classify the sentiment.", "I love it"),
+    ("Write a very long poem about the sea, the sky and everything in between.", ""),
+    ("Hi", ""),
+    ("Translate into French.", "The library opens at nine o'clock every morning."),
+    ("Sum", "2 + 2"),
+    ("Name three colours.", ""),
+    ("Summarise.", "Kedro pipelines are made of nodes that read and write datasets."),
+]
+PARAMS = {"max_new_tokens": {"sentiment": 6, "out_of_sample": 10, "alpaca": 10}, "batch_size": 2,
+          "num_threads": 1}
+
+
+def _eval_sets() -> dict[str, pd.DataFrame]:
+    frame = pd.DataFrame({
+        "id": [f"p{i}" for i in range(len(PROMPTS))],
+        "prompt": [user_message(i, x) for i, x in PROMPTS],
+        "completion": [assistant_message("positive")] * len(PROMPTS),
+    })
+    return {"sentiment": frame.assign(label=1), "alpaca": frame.iloc[2:].assign(label=None)}
+
+
+def _predictions(tokenizer_dir: str) -> pd.DataFrame:
+    from transformers import AutoTokenizer
+
+    from mift_kedro.pipelines.reporting import nodes
+    from tests.conftest import tiny_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_llama(tokenizer, 48).eval()  # seeded: the same weights in every process
+    return nodes.predict(model, tokenizer, _eval_sets(), PARAMS, model_name="m", display_name="M")
+
+
+def _rank(rank: int, port: int, tokenizer_dir: str, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )
+    from accelerate import PartialState
+
+    state = PartialState(cpu=True, timeout=timedelta(seconds=60))
+    calls = []
+    from mift_kedro.pipelines.reporting import nodes
+
+    generate = nodes.generate
+
+    def counting_generate(model, tokenizer, prompts, **kwargs):
+        calls.append(len(prompts))
+        return generate(model, tokenizer, prompts, **kwargs)
+
+    nodes.generate = counting_generate
+    frame = _predictions(tokenizer_dir)
+    frame.assign(prompts_generated_here=sum(calls)).to_json(Path(out, f"{rank}.jsonl"), orient="records", lines=True)
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_prompts_and_give_one_process_answers(tmp_path, embedded_tokenizer_dir):
+    from torch.multiprocessing import start_processes
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    context = start_processes(
+        _rank, args=(free, str(embedded_tokenizer_dir), str(tmp_path)), nprocs=WORLD, join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks hung while generating")
+
+    single = _predictions(str(embedded_tokenizer_dir))
+    columns = ["eval_set", "id", "prompt_text", "prediction", "prompt_tokens", "completion_tokens"]
+    ranks = [pd.read_json(tmp_path / f"{rank}.jsonl", lines=True) for rank in range(WORLD)]
+    for frame in ranks:  # every process holds every answer, in input order, as one process would
+        assert frame[columns].to_dict("records") == single[columns].to_dict("records")
+    # ... and generated only its share: 4 + 3 sentiment prompts, 3 + 2 Alpaca ones
+    assert [int(frame["prompts_generated_here"].iloc[0]) for frame in ranks] == [4 + 3, 3 + 2]
