@@ -12,10 +12,10 @@ import torch
 from kedro.io import DatasetError
 from transformers import TrainerCallback
 
-from mift_kedro import chat, config, models
+from mift_kedro import chat, config, models, parameters
 from mift_kedro.datasets import AdapterDataset, BaseModelDataset
 from mift_kedro.pipelines.training import create_pipeline, nodes
-from mift_kedro.pipelines.training.params import TrainingParams, training_params
+from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams, training_params
 from mift_kedro.pipelines.training.trainer import (
     CompletionOnlyTrainer,
     packed_collator,
@@ -342,8 +342,8 @@ def test_bad_training_parameters_are_rejected_with_the_key():
     with pytest.raises(config.ParameterError, match="overrides"):
         training_params({}, {"quantization": "8bit"})
     assert training_params({"lora": {"r": 8}}, {"lora": {"alpha": 4}}).lora.r == 8
-    assert config.PARAMETER_MODELS["training"] is TrainingParams
-    assert "base_model" in config.PARAMETER_MODELS
+    assert parameters.BLOCKS["training"] is TrainingParams
+    assert parameters.BLOCKS["base_model"] is BaseModelParams
 
 
 @pytest.mark.parametrize("processes", [1, 2, 3, 4, 6, 8])
