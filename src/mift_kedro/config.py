@@ -154,9 +154,21 @@ def set_active_config_loader(loader: Any) -> None:
     changed = _active_loader is not None and env != _active_env
     _active_loader, _active_env = loader, env
     if changed:
-        from kedro.framework.project import pipelines
+        rebuild_pipelines()
 
-        pipelines.configure(pipelines._pipelines_module)
+
+def rebuild_pipelines() -> None:
+    """Make Kedro build the pipelines again, from the registry, on their next use.
+
+    Kedro builds the registry once per process and keeps it; a second session in the same
+    process with another ``--env`` or ``--params`` (a notebook's ``%reload_kedro --env sweep``,
+    a test) must get that environment's variants. ``pipelines.configure(module)`` is Kedro's
+    public way (``configure_project`` calls it) to point the registry at a module; it drops
+    the pipelines built so far.
+    """
+    from kedro.framework.project import pipelines
+
+    pipelines.configure(f"{__package__}.pipeline_registry")
 
 
 def _fallback_loader() -> Any:
