@@ -210,6 +210,47 @@ def test_versioned_adapter_dataset_keeps_every_version(tiny_model_dir, tmp_path,
     assert not torch.equal(*(state[next(k for k in first if "lora_B" in k)] for state in (first, second)))
 
 
+def test_training_steps_work_without_kedro(tiny_model_dir, tmp_path):
+    """The steps train_adapter reads as, one by one: what each returns, before any training."""
+    from transformers import PrinterCallback
+
+    from mift_kedro.pipelines.training.trainer import TrainingProgress, register_packed_attention
+
+    params = training_params(tiny_training(tmp_path))
+    setup = nodes.training_setup(params)
+    assert (setup.device, setup.threads, setup.gradient_checkpointing) == ("cpu", 1, False)
+    assert setup.batches == nodes.BatchPlan(4, 1, 4, 1)
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    dataset, report = nodes.training_data(tokenizer, sentiment_rows(6), params, "FT-Test")
+    assert len(dataset) == 6 and report["examples"] == 6 and set(dataset.column_names) == {"input_ids", "labels"}
+
+    spec = config.variant_spec(VARIANT)
+    where = (params, spec, 1, str(tiny_model_dir), sentiment_rows(6), setup)
+    output_dir, resume = nodes.checkpoint_location(*where)
+    assert resume is None and output_dir.parent == tmp_path / "checkpoints" / "FT-Test"
+    assert nodes.checkpoint_location(params, spec, 2, *where[3:])[0] != output_dir  # the seed is in the key
+    (output_dir / "checkpoint-3").mkdir(parents=True)
+    (output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    assert nodes.checkpoint_location(*where) == (output_dir, str(output_dir / "checkpoint-3"))
+    retrain = params.model_copy(update={"retrain": True})
+    assert nodes.checkpoint_location(retrain, *where[1:]) == (output_dir, None)  # same key, emptied
+    assert not output_dir.exists()
+
+    model = nodes.model_with_adapter(str(tiny_model_dir), params, 1, setup)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.get_base_model().config._attn_implementation == register_packed_attention()
+
+    trainer = nodes.build_trainer(model, tokenizer, dataset, params, output_dir, 1, setup, "FT-Test")
+    callbacks = {type(c) for c in trainer.callback_handler.callbacks}
+    assert TrainingProgress in callbacks and PrinterCallback not in callbacks
+    assert (trainer.args.output_dir, trainer.args.seed) == (str(output_dir), 1)
+
+    adapter = nodes.finished_adapter(trainer)
+    assert not adapter.training and adapter.get_base_model().config._attn_implementation == "sdpa"
+
+
 def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, tmp_path):
     args = (str(tiny_model_dir), sentiment_rows(), VARIANT)
     reference, _ = nodes.train_adapter(*args, tiny_training(tmp_path / "a"), seed=3)
