@@ -346,27 +346,37 @@ def test_unknown_embedded_file_names_the_files_there():
         nodes.prepare_base_model({"source": "embedded", "name": "SmolLM2-1.7B.gguf"})
 
 
-def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypatch, filesystem):
-    """On another filesystem the record (and a conversion) is put there, and ``load`` gets it
-    into a local directory, the ref every model and adapter loads through."""
+def test_base_model_is_converted_once_by_the_node_and_the_dataset_only_writes(tmp_path, monkeypatch, filesystem):
+    """The node converts (once per cache); the dataset writes the conversion and its record,
+    on another filesystem too, and ``load`` gets it into a local directory, the ref every model
+    and adapter loads through."""
     calls = []
 
     def fake_convert(name, out_dir):
         calls.append(name)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "config.json").write_text('{"converted": true}')
+        return Path(out_dir)
 
     monkeypatch.setattr(models, "convert_embedded", fake_convert)
+    params = {"source": "embedded", "name": models.EMBEDDED_GGUF}
+    prepared = nodes.prepare_base_model(params, cache_dir=str(tmp_path / "conversions"))
+    assert nodes.prepare_base_model(params, cache_dir=str(tmp_path / "conversions")) == prepared
+    assert calls == [models.EMBEDDED_GGUF]  # the second run reuses the conversion
+
+    monkeypatch.setattr(models, "convert_embedded", lambda *a: pytest.fail("a dataset converted"))
     dataset = BaseModelDataset(filepath=filesystem("base"), local_dir=str(tmp_path / "local_copy"))
     assert not dataset.exists()
-    source = nodes.prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF})
-    dataset.save(source)
-    dataset.save(source)  # already converted: nothing to do
-    assert calls == [models.EMBEDDED_GGUF] and dataset.exists()
+    dataset.save(prepared)
+    dataset.save(prepared)  # already there: nothing to write
+    assert dataset.exists()
     ref = Path(dataset.load())
     assert ref == (tmp_path / "base" if filesystem("base").startswith("/") else tmp_path / "local_copy")
     assert (ref / "config.json").read_text() == '{"converted": true}'
-    assert models.ModelSource.from_dict(models.read_source(ref)) == source
+    assert models.ModelSource.from_dict(models.read_source(ref)) == prepared.source
+    assert not (prepared.directory / models.SOURCE_FILE).exists()  # the record is the dataset's own
+    with pytest.raises(DatasetError, match="prepare_base_model"):  # a dataset never converts
+        BaseModelDataset(filepath=str(tmp_path / "elsewhere")).save(prepared.source)
 
     hub = models.ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf", revision="abc")
     dataset.save(hub)

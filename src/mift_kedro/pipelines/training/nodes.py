@@ -23,23 +23,38 @@ from mift_kedro.pipelines.training.params import TrainingParams, base_model_para
 logger = logging.getLogger(__name__)
 
 
-def prepare_base_model(base_model: dict[str, Any]) -> models.ModelSource:
-    """Check the configured base model can be had, in seconds, before any training starts.
+def prepare_base_model(
+    base_model: dict[str, Any], cache_dir: str | None = None
+) -> models.ModelSource | models.ConvertedModel:
+    """Check the configured base model can be had, in seconds, before any training starts;
+    convert the embedded GGUF model into a safetensors directory (once per machine, in
+    ``cache_dir``, default :func:`mift_kedro.models.conversions_dir`; ~40 s the first time).
 
-    The returned source is written by the ``base_model`` dataset: the embedded GGUF model is
-    converted once into a safetensors directory; a Hub id is only recorded, with its
-    revision. The chat template file's text goes into the record, so every later load of
-    the tokenizer (training, adapters, reporting) gets it.
+    The ``base_model`` dataset writes what this returns: the converted directory with its
+    record, or only the record of a Hub id (with its revision) or a local directory. The chat
+    template file's text goes into the record, so every later load of the tokenizer
+    (training, adapters, reporting) gets it.
     """
     params = base_model_params(base_model)
     if params.revision and params.source != "hub":
         logger.warning("base_model.revision=%s is ignored: it applies to source: hub only", params.revision)
     source = params.model_source()
-    if params.source == "embedded":
-        models.embedded_gguf(params.name)
-    else:
+    if params.source != "embedded":
         models.check_model_available(params.name, source.revision)
-    return source
+        return source
+    models.embedded_gguf(params.name)  # names the files there before any work
+    return models.ConvertedModel(source, _convert_once(params.name, cache_dir))
+
+
+def _convert_once(gguf_file: str, cache_dir: str | None) -> Path:
+    """Under ``accelerate launch`` every process runs the node: the first process of each
+    machine converts, the others then find its conversion."""
+    from mift_kedro.distributed import distributed_state, is_distributed
+
+    if not is_distributed():
+        return models.converted_embedded(gguf_file, cache_dir)
+    with distributed_state().local_main_process_first():
+        return models.converted_embedded(gguf_file, cache_dir)
 
 
 # --- data ------------------------------------------------------------------------------------
