@@ -373,6 +373,7 @@ def convert_embedded(gguf_file: str, out_dir: str | Path) -> Path:
     del model.config.quantization_config
     model.hf_quantizer = None
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would follow the model into every copy
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
