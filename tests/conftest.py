@@ -237,16 +237,18 @@ def kedro_project(tmp_path, monkeypatch, shared_data) -> Path:
 @pytest.fixture(scope="session")
 def embedded_base_model(tmp_path_factory) -> Path:
     """The embedded SmolLM2 converted to safetensors: the checkout's own conversion when a run
-    already made one, else converted once per test session (~40 s)."""
+    already made one, else the prepare_base_model node's conversion (made once per machine,
+    ~40 s, in ~/.cache/mift_kedro/converted) written by the dataset."""
     from mift_kedro import models
     from mift_kedro.datasets import BaseModelDataset
+    from mift_kedro.pipelines.training.nodes import prepare_base_model
 
     source = models.ModelSource(source="embedded", name=models.EMBEDDED_GGUF)
     recorded = models.read_source(CONVERTED)
     if recorded and models.ModelSource.from_dict(recorded) == source and (CONVERTED / "config.json").is_file():
         return CONVERTED
     out = tmp_path_factory.mktemp("embedded") / "base_model"
-    BaseModelDataset(filepath=str(out)).save(source)
+    BaseModelDataset(filepath=str(out)).save(prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF}))
     return out
 
 

@@ -13,8 +13,9 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.io import DatasetError
 
-from mift_kedro.config import ParameterError, validate_parameters, variant_spec
+from mift_kedro.config import ParameterError, variant_spec
 from mift_kedro.datasets import HubOrLocalDataset, read_jsonl
+from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines.data_engineering import nodes
 
 TEMPLATE = {"instruction": "Classify the tweet.", "labels": {0: "negative", 1: "positive"}}

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import sacrebleu
 
-from mift_kedro.config import ParameterError, validate_parameters
+from mift_kedro.config import ParameterError
+from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines.reporting import create_pipeline, nodes, stats
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting.params import reporting_params

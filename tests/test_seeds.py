@@ -12,7 +12,8 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from mift_kedro.config import ParameterError, trained_models, training_seeds, validate_parameters
+from mift_kedro.config import ParameterError, trained_models, training_seeds
+from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines import training
 from mift_kedro.pipelines.reporting import nodes, report, seeds, sweep
 from tests.test_training import VARIANT, lora_state, sentiment_rows, tiny_model_dir, tiny_training  # noqa: F401

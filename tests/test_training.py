@@ -12,10 +12,10 @@ import torch
 from kedro.io import DatasetError
 from transformers import TrainerCallback
 
-from mift_kedro import chat, config, models
+from mift_kedro import chat, config, models, parameters
 from mift_kedro.datasets import AdapterDataset, BaseModelDataset
 from mift_kedro.pipelines.training import create_pipeline, nodes
-from mift_kedro.pipelines.training.params import TrainingParams, training_params
+from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams, training_params
 from mift_kedro.pipelines.training.trainer import (
     CompletionOnlyTrainer,
     packed_collator,
@@ -210,6 +210,47 @@ def test_versioned_adapter_dataset_keeps_every_version(tiny_model_dir, tmp_path,
     assert not torch.equal(*(state[next(k for k in first if "lora_B" in k)] for state in (first, second)))
 
 
+def test_training_steps_work_without_kedro(tiny_model_dir, tmp_path):
+    """The steps train_adapter reads as, one by one: what each returns, before any training."""
+    from transformers import PrinterCallback
+
+    from mift_kedro.pipelines.training.trainer import TrainingProgress, register_packed_attention
+
+    params = training_params(tiny_training(tmp_path))
+    setup = nodes.training_setup(params)
+    assert (setup.device, setup.threads, setup.gradient_checkpointing) == ("cpu", 1, False)
+    assert setup.batches == nodes.BatchPlan(4, 1, 4, 1)
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    dataset, report = nodes.training_data(tokenizer, sentiment_rows(6), params, "FT-Test")
+    assert len(dataset) == 6 and report["examples"] == 6 and set(dataset.column_names) == {"input_ids", "labels"}
+
+    spec = config.variant_spec(VARIANT)
+    where = (params, spec, 1, str(tiny_model_dir), sentiment_rows(6), setup)
+    output_dir, resume = nodes.checkpoint_location(*where)
+    assert resume is None and output_dir.parent == tmp_path / "checkpoints" / "FT-Test"
+    assert nodes.checkpoint_location(params, spec, 2, *where[3:])[0] != output_dir  # the seed is in the key
+    (output_dir / "checkpoint-3").mkdir(parents=True)
+    (output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    assert nodes.checkpoint_location(*where) == (output_dir, str(output_dir / "checkpoint-3"))
+    retrain = params.model_copy(update={"retrain": True})
+    assert nodes.checkpoint_location(retrain, *where[1:]) == (output_dir, None)  # same key, emptied
+    assert not output_dir.exists()
+
+    model = nodes.model_with_adapter(str(tiny_model_dir), params, 1, setup)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.get_base_model().config._attn_implementation == register_packed_attention()
+
+    trainer = nodes.build_trainer(model, tokenizer, dataset, params, output_dir, 1, setup, "FT-Test")
+    callbacks = {type(c) for c in trainer.callback_handler.callbacks}
+    assert TrainingProgress in callbacks and PrinterCallback not in callbacks
+    assert (trainer.args.output_dir, trainer.args.seed) == (str(output_dir), 1)
+
+    adapter = nodes.finished_adapter(trainer)
+    assert not adapter.training and adapter.get_base_model().config._attn_implementation == "sdpa"
+
+
 def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, tmp_path):
     args = (str(tiny_model_dir), sentiment_rows(), VARIANT)
     reference, _ = nodes.train_adapter(*args, tiny_training(tmp_path / "a"), seed=3)
@@ -305,27 +346,37 @@ def test_unknown_embedded_file_names_the_files_there():
         nodes.prepare_base_model({"source": "embedded", "name": "SmolLM2-1.7B.gguf"})
 
 
-def test_base_model_dataset_converts_once_and_records_hub_ids(tmp_path, monkeypatch, filesystem):
-    """On another filesystem the record (and a conversion) is put there, and ``load`` gets it
-    into a local directory, the ref every model and adapter loads through."""
+def test_base_model_is_converted_once_by_the_node_and_the_dataset_only_writes(tmp_path, monkeypatch, filesystem):
+    """The node converts (once per cache); the dataset writes the conversion and its record,
+    on another filesystem too, and ``load`` gets it into a local directory, the ref every model
+    and adapter loads through."""
     calls = []
 
     def fake_convert(name, out_dir):
         calls.append(name)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "config.json").write_text('{"converted": true}')
+        return Path(out_dir)
 
     monkeypatch.setattr(models, "convert_embedded", fake_convert)
+    params = {"source": "embedded", "name": models.EMBEDDED_GGUF}
+    prepared = nodes.prepare_base_model(params, cache_dir=str(tmp_path / "conversions"))
+    assert nodes.prepare_base_model(params, cache_dir=str(tmp_path / "conversions")) == prepared
+    assert calls == [models.EMBEDDED_GGUF]  # the second run reuses the conversion
+
+    monkeypatch.setattr(models, "convert_embedded", lambda *a: pytest.fail("a dataset converted"))
     dataset = BaseModelDataset(filepath=filesystem("base"), local_dir=str(tmp_path / "local_copy"))
     assert not dataset.exists()
-    source = nodes.prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF})
-    dataset.save(source)
-    dataset.save(source)  # already converted: nothing to do
-    assert calls == [models.EMBEDDED_GGUF] and dataset.exists()
+    dataset.save(prepared)
+    dataset.save(prepared)  # already there: nothing to write
+    assert dataset.exists()
     ref = Path(dataset.load())
     assert ref == (tmp_path / "base" if filesystem("base").startswith("/") else tmp_path / "local_copy")
     assert (ref / "config.json").read_text() == '{"converted": true}'
-    assert models.ModelSource.from_dict(models.read_source(ref)) == source
+    assert models.ModelSource.from_dict(models.read_source(ref)) == prepared.source
+    assert not (prepared.directory / models.SOURCE_FILE).exists()  # the record is the dataset's own
+    with pytest.raises(DatasetError, match="prepare_base_model"):  # a dataset never converts
+        BaseModelDataset(filepath=str(tmp_path / "elsewhere")).save(prepared.source)
 
     hub = models.ModelSource(source="hub", name="NousResearch/Llama-2-7b-chat-hf", revision="abc")
     dataset.save(hub)
@@ -342,8 +393,8 @@ def test_bad_training_parameters_are_rejected_with_the_key():
     with pytest.raises(config.ParameterError, match="overrides"):
         training_params({}, {"quantization": "8bit"})
     assert training_params({"lora": {"r": 8}}, {"lora": {"alpha": 4}}).lora.r == 8
-    assert config.PARAMETER_MODELS["training"] is TrainingParams
-    assert "base_model" in config.PARAMETER_MODELS
+    assert parameters.BLOCKS["training"] is TrainingParams
+    assert parameters.BLOCKS["base_model"] is BaseModelParams
 
 
 @pytest.mark.parametrize("processes", [1, 2, 3, 4, 6, 8])

@@ -1,8 +1,10 @@
-"""Parameter schemas and the variants of the active configuration environment.
+"""What the pipelines share: variants, training seeds and the active configuration environment.
 
 Variants are data: ``parameters.yml`` declares them under ``variants`` and the pipeline
-registry instantiates one namespaced modular pipeline per entry. Every parameter block is
-validated here, before any node runs, with errors that name the key and the fix.
+registry instantiates one namespaced modular pipeline per entry. Each pipeline package owns
+the schema of its own parameters (``pipelines/<name>/params.py``);
+:mod:`mift_kedro.parameters` lists them for validation. Here live the pieces they share: the
+strict base model, the error that names a key and its fix, and the variant schema.
 """
 
 from __future__ import annotations
@@ -51,55 +53,6 @@ class VariantSpec(StrictModel):
         if abs(sum(mix.values()) - 1.0) > 1e-6:
             raise ValueError(f"mix fractions sum to {sum(mix.values()):g}: they must sum to 1")
         return mix
-
-
-class SentimentTemplate(StrictModel):
-    """How a tweet becomes the custom instruction."""
-
-    instruction: str = Field(min_length=1)
-    labels: dict[int, str]
-
-    @field_validator("labels")
-    @classmethod
-    def _check_labels(cls, labels: dict[int, str]) -> dict[int, str]:
-        if set(labels) != {0, 1} or len(set(labels.values())) != 2:
-            raise ValueError("labels must map 0 and 1 to two different answers")
-        return labels
-
-
-class Templates(StrictModel):
-    sentiment: SentimentTemplate
-
-
-class EvalSetSpec(StrictModel):
-    size: PositiveInt | None = Field(default=None, description="None keeps the whole set")
-
-
-class DataEngineeringParams(StrictModel):
-    """The blocks the data_engineering pipeline reads."""
-
-    seed: int
-    variants: dict[str, VariantSpec]
-    templates: Templates
-    eval_sets: dict[str, EvalSetSpec]
-
-    @field_validator("variants")
-    @classmethod
-    def _check_variants(cls, variants: dict[str, VariantSpec]) -> dict[str, VariantSpec]:
-        if not variants:
-            raise ValueError("no variants declared: add at least one under `variants`")
-        for name in variants:
-            if not name.isidentifier():
-                raise ValueError(f"variant name {name!r} must be a Python identifier (a namespace)")
-        return variants
-
-    @field_validator("eval_sets")
-    @classmethod
-    def _check_eval_sets(cls, eval_sets: dict[str, EvalSetSpec]) -> dict[str, EvalSetSpec]:
-        unknown = set(eval_sets) - set(EVAL_SETS)
-        if unknown:
-            raise ValueError(f"unknown eval sets {sorted(unknown)}: use {list(EVAL_SETS)}")
-        return eval_sets
 
 
 class TrainedModel(NamedTuple):
@@ -169,10 +122,6 @@ def training_seeds(params: dict[str, Any]) -> list[int]:
     return list(seeds)
 
 
-#: Parameter models by the name of the block they validate; later pipelines add theirs.
-PARAMETER_MODELS: dict[str, type[BaseModel]] = {}
-
-
 class ParameterError(ValueError):
     """A parameter is missing or wrong; the message names the key and the fix."""
 
@@ -184,29 +133,6 @@ def format_validation_error(error: ValidationError, where: str) -> str:
         key = ".".join(str(part) for part in err["loc"])
         lines.append(f"  - {key}: {err['msg']}")
     return "\n".join(lines)
-
-
-def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
-    """Validate all parameter blocks; raise one :class:`ParameterError` naming every problem."""
-    problems = []
-    de_keys = DataEngineeringParams.model_fields
-    validated = None
-    try:
-        validated = DataEngineeringParams.model_validate({k: params.get(k) for k in de_keys})
-    except ValidationError as exc:
-        problems.append(format_validation_error(exc, "data engineering parameters"))
-    try:
-        training_seeds(params)
-    except ParameterError as exc:
-        problems.append(f"Invalid parameters: {exc}")
-    for block, model in PARAMETER_MODELS.items():
-        try:
-            model.model_validate(params.get(block))
-        except ValidationError as exc:
-            problems.append(format_validation_error(exc, f"`{block}`"))
-    if problems:
-        raise ParameterError("\n".join(problems))
-    return validated
 
 
 def variant_spec(spec: dict[str, Any]) -> VariantSpec:
@@ -228,9 +154,21 @@ def set_active_config_loader(loader: Any) -> None:
     changed = _active_loader is not None and env != _active_env
     _active_loader, _active_env = loader, env
     if changed:
-        from kedro.framework.project import pipelines
+        rebuild_pipelines()
 
-        pipelines.configure(pipelines._pipelines_module)
+
+def rebuild_pipelines() -> None:
+    """Make Kedro build the pipelines again, from the registry, on their next use.
+
+    Kedro builds the registry once per process and keeps it; a second session in the same
+    process with another ``--env`` or ``--params`` (a notebook's ``%reload_kedro --env sweep``,
+    a test) must get that environment's variants. ``pipelines.configure(module)`` is Kedro's
+    public way (``configure_project`` calls it) to point the registry at a module; it drops
+    the pipelines built so far.
+    """
+    from kedro.framework.project import pipelines
+
+    pipelines.configure(f"{__package__}.pipeline_registry")
 
 
 def _fallback_loader() -> Any:

@@ -41,8 +41,10 @@ class ParameterValidationHooks:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from mift_kedro.parameters import validate_parameters  # the pipelines' schemas, only now
+
         params = catalog.load("parameters")
-        config.validate_parameters(params)
+        validate_parameters(params)
         logger.info(
             "Parameters validated for variants: %s; training seeds: %s",
             ", ".join(params.get("variants", {})), ", ".join(map(str, config.training_seeds(params))),

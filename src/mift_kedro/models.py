@@ -323,28 +323,66 @@ def base_weights_signature(model: Any) -> dict[str, str]:
 # --- materialising the base model ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ConvertedModel:
+    """A base model converted into a local model directory (the embedded GGUF model), with
+    where it comes from: what ``prepare_base_model`` returns and the ``base_model`` dataset writes."""
+
+    source: ModelSource
+    directory: Path
+
+
+def conversions_dir() -> Path:
+    """Where converted models are kept, once per machine (``~/.cache/mift_kedro/converted``)."""
+    return Path.home() / ".cache" / "mift_kedro" / "converted"
+
+
+def converted_embedded(gguf_file: str, cache_dir: str | Path | None = None) -> Path:
+    """The embedded GGUF model as a safetensors directory in ``cache_dir`` (default
+    :func:`conversions_dir`), converted by the first call only (~40 s); every later call, run
+    and project on the machine reuses it. Keyed by file name and size, so another file of
+    the same name (a reinstalled package) is converted again."""
+    folder = embedded_gguf(gguf_file)
+    size = (folder / gguf_file).stat().st_size
+    out = Path(cache_dir or conversions_dir()) / f"{gguf_file}-{size}"
+    if (out / "config.json").is_file():  # convert_embedded renames a finished directory into place
+        logger.info("Base model already converted at %s", out)
+        return out
+    return convert_embedded(gguf_file, out)
+
+
 def convert_embedded(gguf_file: str, out_dir: str | Path) -> Path:
     """Dequantize the embedded GGUF model once into a safetensors directory (~40 s; loads in 1 s).
 
     transformers dequantizes GGUF weights to fp32 on load; the GGUF quantization config must
-    be dropped before saving, or the saved model would claim to be GGUF-quantized.
+    be dropped before saving, or the saved model would claim to be GGUF-quantized. Written
+    into a directory of its own, then renamed: a killed conversion never leaves a half-written
+    model behind, and of two processes converting at once, the first to finish is kept.
     """
+    import tempfile
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = embedded_gguf(gguf_file)
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     logger.info("Converting the embedded model %s to safetensors in %s (once)...", gguf_file, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     del model.config.quantization_config
     model.hf_quantizer = None
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would follow the model into every copy
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)  # a killed conversion never leaves a half-written model behind
+    try:
+        tmp.rename(out_dir)
+    except OSError:  # another process renamed its conversion into place first
+        if not (out_dir / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Converted in %.0f s", time.perf_counter() - start)
     return out_dir
 

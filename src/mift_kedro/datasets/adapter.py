@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -73,15 +74,24 @@ def _local_dir_to_read(fs: Any, protocol: str, path: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the filesystem allows (the files are never changed in place), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 class BaseModelDataset(AbstractDataset[Any, str]):
     """The base model's record: a local model directory, or where the model comes from.
 
-    ``save`` takes a :class:`mift_kedro.models.ModelSource` and writes it to
-    ``filepath/mift_model_source.json``. The embedded GGUF model is also converted into a
-    safetensors directory at ``filepath`` (skipped when the directory already holds a
-    conversion of the same file, so only the first run pays ~40 s); a Hub id (with its
-    revision) or a local directory is only recorded, with the chat template to use when the
-    tokenizer has none. ``load`` returns the record directory as a local path, the *ref* that
+    ``save`` takes what the ``prepare_base_model`` node returns and only writes: a
+    :class:`mift_kedro.models.ConvertedModel` (the embedded GGUF model, converted by the node)
+    is copied to ``filepath`` (hard links on the local filesystem; skipped when ``filepath``
+    already holds a model of the same source and name) with its record,
+    ``filepath/mift_model_source.json``; a :class:`mift_kedro.models.ModelSource` (a Hub id
+    with its revision, or a local directory) is only recorded, with the chat template to use
+    when the tokenizer has none. ``load`` returns the record directory as a local path, the *ref* that
     :func:`mift_kedro.models.load_causal_lm` and :func:`~mift_kedro.models.load_tokenizer`
     resolve through the record, so every node and every adapter gets the same revision and
     template without passing parameters around.
@@ -157,25 +167,43 @@ class BaseModelDataset(AbstractDataset[Any, str]):
             logger.info("Base model record %s copied to %s", self._path(), local)
         return str(local)
 
-    def save(self, data: models.ModelSource) -> None:
+    def save(self, data: models.ModelSource | models.ConvertedModel) -> None:
+        directory = data.directory if isinstance(data, models.ConvertedModel) else None
+        data = data.source if isinstance(data, models.ConvertedModel) else data
         if not isinstance(data, models.ModelSource):
-            raise DatasetError(f"BaseModelDataset saves a ModelSource, got {type(data).__name__}")
+            raise DatasetError(
+                f"BaseModelDataset saves a ModelSource or ConvertedModel, got {type(data).__name__}"
+            )
         recorded = self._record()
         converted = self._fs.exists(self._path("config.json"))
-        if data.source == "embedded":
+        if directory is not None:
             if converted and recorded and (recorded["source"], recorded["name"]) == (data.source, data.name):
-                logger.info("Base model already converted at %s", self._path())
+                logger.info("Base model already at %s", self._path())
                 if recorded == data.to_dict():
                     return  # nothing to write: runs sharing the directory never see it change
             else:
-                with _local_dir_to_write(self._fs, self._protocol, self._path()) as local:
-                    models.convert_embedded(data.name, local)
-        elif converted:
+                self._write_model(Path(directory))
+        elif data.source == "embedded" and not converted:
+            raise DatasetError(
+                f"No converted model at {self._path()} to record {data.name!r} for: save the "
+                "ConvertedModel that prepare_base_model returns (`kedro run --nodes prepare_base_model`)."
+            )
+        elif converted and data.source != "embedded":
             self._fs.rm(self._path(), recursive=True)  # never leave a stale converted model behind
         # written whole under another name, then renamed: a reader never sees half a record
         partial = self._path(f".{models.SOURCE_FILE}.partial")
         self._fs.pipe_file(partial, json.dumps(data.to_dict(), indent=2).encode())
         self._fs.mv(partial, self._path(models.SOURCE_FILE))
+
+    def _write_model(self, directory: Path) -> None:
+        """Replace what is at ``filepath`` with the model files of a local ``directory``."""
+        path = self._path()
+        if self._fs.exists(path):
+            self._fs.rm(path, recursive=True)
+        if self._protocol == "file":
+            shutil.copytree(directory, path, copy_function=_link_or_copy)  # no second copy on disk
+        else:
+            self._fs.put(f"{directory}/", path, recursive=True)
 
 
 class AdapterDataset(AbstractVersionedDataset[Any, Any]):

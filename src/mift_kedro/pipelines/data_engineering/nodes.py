@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from mift_kedro.chat import assistant_message, user_message
-from mift_kedro.config import SentimentTemplate, variant_spec
+from mift_kedro.config import variant_spec
+from mift_kedro.pipelines.data_engineering.params import SentimentTemplate
 
 logger = logging.getLogger(__name__)
 

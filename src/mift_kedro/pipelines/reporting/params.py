@@ -1,7 +1,7 @@
 """The ``reporting`` parameter block, validated before any node runs.
 
-Importing this module registers :class:`ReportingParams` in
-:data:`mift_kedro.config.PARAMETER_MODELS`, which the ``before_pipeline_run`` hook checks.
+:data:`mift_kedro.parameters.BLOCKS` lists :class:`ReportingParams` and
+:class:`ReferenceStudyBlock`, which the ``before_pipeline_run`` hook checks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import (
 
 from mift_kedro.config import (
     EVAL_SETS,
-    PARAMETER_MODELS,
     ParameterError,
     StrictModel,
     format_validation_error,
@@ -179,6 +178,3 @@ def reporting_params(raw: dict[str, Any] | ReportingParams) -> ReportingParams:
     except ValidationError as exc:
         raise ParameterError(format_validation_error(exc, "`reporting`")) from None
 
-
-PARAMETER_MODELS.setdefault("reporting", ReportingParams)
-PARAMETER_MODELS.setdefault("reference_study", ReferenceStudyBlock)

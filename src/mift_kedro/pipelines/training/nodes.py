@@ -1,7 +1,8 @@
 """training: one LoRA (QLoRA with ``quantization: 4bit``) adapter per variant.
 
 Read :func:`train_adapter` top to bottom: it is a training run, in the order of TRL's
-``sft.py`` script (tokenizer, data, model, adapter, trainer, train, save).
+``sft.py`` script (setup, tokenizer, data, checkpoint location, model and adapter, trainer,
+train, metrics); each step is a function of its own, callable without Kedro.
 """
 
 from __future__ import annotations
@@ -22,23 +23,38 @@ from mift_kedro.pipelines.training.params import TrainingParams, base_model_para
 logger = logging.getLogger(__name__)
 
 
-def prepare_base_model(base_model: dict[str, Any]) -> models.ModelSource:
-    """Check the configured base model can be had, in seconds, before any training starts.
+def prepare_base_model(
+    base_model: dict[str, Any], cache_dir: str | None = None
+) -> models.ModelSource | models.ConvertedModel:
+    """Check the configured base model can be had, in seconds, before any training starts;
+    convert the embedded GGUF model into a safetensors directory (once per machine, in
+    ``cache_dir``, default :func:`mift_kedro.models.conversions_dir`; ~40 s the first time).
 
-    The returned source is written by the ``base_model`` dataset: the embedded GGUF model is
-    converted once into a safetensors directory; a Hub id is only recorded, with its
-    revision. The chat template file's text goes into the record, so every later load of
-    the tokenizer (training, adapters, reporting) gets it.
+    The ``base_model`` dataset writes what this returns: the converted directory with its
+    record, or only the record of a Hub id (with its revision) or a local directory. The chat
+    template file's text goes into the record, so every later load of the tokenizer
+    (training, adapters, reporting) gets it.
     """
     params = base_model_params(base_model)
     if params.revision and params.source != "hub":
         logger.warning("base_model.revision=%s is ignored: it applies to source: hub only", params.revision)
     source = params.model_source()
-    if params.source == "embedded":
-        models.embedded_gguf(params.name)
-    else:
+    if params.source != "embedded":
         models.check_model_available(params.name, source.revision)
-    return source
+        return source
+    models.embedded_gguf(params.name)  # names the files there before any work
+    return models.ConvertedModel(source, _convert_once(params.name, cache_dir))
+
+
+def _convert_once(gguf_file: str, cache_dir: str | None) -> Path:
+    """Under ``accelerate launch`` every process runs the node: the first process of each
+    machine converts, the others then find its conversion."""
+    from mift_kedro.distributed import distributed_state, is_distributed
+
+    if not is_distributed():
+        return models.converted_embedded(gguf_file, cache_dir)
+    with distributed_state().local_main_process_first():
+        return models.converted_embedded(gguf_file, cache_dir)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -193,6 +209,149 @@ def training_arguments(
     )
 
 
+# --- the steps of a training run ---------------------------------------------------------------
+
+
+class Setup(NamedTuple):
+    """How this process trains: its share of the batch, its device and CPU threads."""
+
+    state: Any  # accelerate's process state (one process, or a rank of `accelerate launch`)
+    batches: BatchPlan
+    device: str
+    gradient_checkpointing: bool
+    threads: int | None  # torch's CPU threads; None on a GPU
+
+
+def training_setup(params: TrainingParams) -> Setup:
+    """Processes, batch plan, device and threads; a process count that cannot split the batch
+    fails here, before any work."""
+    from mift_kedro.distributed import distributed_state
+    from mift_kedro.pipelines.training.trainer import set_threads
+
+    state = distributed_state()
+    batches = batch_plan(params, state.num_processes)
+    device = models.default_device()
+    gradient_checkpointing = (
+        device != "cpu" if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
+    )
+    threads = set_threads(params.torch_threads) if device == "cpu" else None
+    return Setup(state, batches, device, gradient_checkpointing, threads)
+
+
+def training_data(
+    tokenizer: Any, training_set: pd.DataFrame, params: TrainingParams, name: str
+) -> tuple[Any, dict[str, int]]:
+    """The training set tokenized through the chat template that generation uses too, as a
+    ``datasets.Dataset``; examples too long for ``training.max_length`` are counted and logged."""
+    from datasets import Dataset
+
+    examples, report = build_examples(tokenizer, training_set, params.max_length, params.overlong)
+    if report["dropped_overlong"] or report["truncated"]:
+        logger.warning(
+            "[%s] %d example(s) longer than max_length=%d tokens: %d dropped, %d truncated",
+            name, report["dropped_overlong"] + report["truncated"],
+            params.max_length, report["dropped_overlong"], report["truncated"],
+        )
+    return Dataset.from_list(examples), report
+
+
+def checkpoint_location(
+    params: TrainingParams, spec: Any, seed: int, base_model: str, training_set: pd.DataFrame, setup: Setup
+) -> tuple[Path, str | None]:
+    """The run's checkpoint directory and the checkpoint to resume from (None: start afresh).
+
+    One directory per (parameters, variant, seed, base model, data, process count), so a
+    rerun of the same configuration resumes; ``retrain`` asks for a fresh run of the same
+    configuration, so it is not part of the key, and empties the directory first.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from mift_kedro.distributed import remove_once
+
+    run_id = fingerprint(
+        params.model_dump(exclude={"retrain"}),
+        {**spec.model_dump(), "training": {k: v for k, v in spec.training.items() if k != "retrain"}},
+        seed, models.model_identity(base_model), training_set, setup.state.num_processes,
+    )
+    output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
+    if params.retrain and remove_once(setup.state, output_dir):
+        logger.info("[%s] retrain: true, starting afresh in %s", spec.display_name, output_dir)
+    resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    return output_dir, resume_from
+
+
+def model_with_adapter(base_model: str, params: TrainingParams, seed: int, setup: Setup) -> Any:
+    """The base model (fp32 on CPU, 4-bit NF4 for QLoRA), attending per example in padding-free
+    batches, wrapped in a seeded LoRA adapter."""
+    from mift_kedro.pipelines.training.trainer import register_packed_attention
+
+    model = models.load_causal_lm(base_model, params.quantization, setup.device)
+    model.set_attn_implementation(register_packed_attention())  # attention per example
+    return add_lora(model, params, seed, setup.gradient_checkpointing)
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    params: TrainingParams,
+    output_dir: Path,
+    seed: int,
+    setup: Setup,
+    name: str,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The trainer: padding-free batches, loss on response tokens only, a progress bar."""
+    from transformers import PrinterCallback
+
+    from mift_kedro.pipelines.training.trainer import (
+        CompletionOnlyTrainer,
+        TrainingProgress,
+        packed_collator,
+    )
+
+    trainer = CompletionOnlyTrainer(
+        model=model,
+        args=training_arguments(params, output_dir, seed, setup.device, setup.gradient_checkpointing, setup.batches),
+        train_dataset=dataset,
+        data_collator=packed_collator(),
+        processing_class=tokenizer,
+        callbacks=[TrainingProgress(name), *(callbacks or [])],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def log_plan(
+    trainer: Any, name: str, num_examples: int, data_report: dict[str, int], params: TrainingParams,
+    setup: Setup, resume_from: str | None,
+) -> None:
+    """What is about to happen, in one line; and whether the checkpoint already finished it."""
+    args = trainer.args
+    steps = args.max_steps if args.max_steps > 0 else _steps(trainer, num_examples)
+    logger.info(
+        "[%s] training on %d examples (%d dropped as too long), %d steps of %d sequences "
+        "(%d process(es) x %d x %d accumulation steps), device %s%s, quantization %s, %s, LoRA r=%d%s",
+        name, num_examples, data_report["dropped_overlong"], steps, *setup.batches, setup.device,
+        f" ({setup.threads} threads)" if setup.threads else "", params.quantization,
+        models.compute_dtype(setup.device), params.lora.r, f", resuming from {resume_from}" if resume_from else "",
+    )
+    if resume_from and checkpoint_step(resume_from) >= steps:
+        logger.info(
+            "[%s] already trained with these parameters and data (%s): reusing it without "
+            "training (set training.retrain=true to train it again)", name, resume_from,
+        )
+
+
+def finished_adapter(trainer: Any) -> Any:
+    """The trained adapter, ready for generation: standard attention (batches with padding),
+    eval mode."""
+    adapter = trainer.model
+    adapter.get_base_model().set_attn_implementation("sdpa")
+    adapter.eval()
+    return adapter
+
+
 # --- the node --------------------------------------------------------------------------------
 
 
@@ -214,103 +373,33 @@ def train_adapter(
     process save. A rerun with the same parameters, data and seed resumes from the last
     checkpoint.
     """
-    from datasets import Dataset
-    from transformers import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from mift_kedro.distributed import distributed_state, remove_once
-    from mift_kedro.pipelines.training.trainer import (
-        CompletionOnlyTrainer,
-        TrainingProgress,
-        packed_collator,
-        register_packed_attention,
-        set_threads,
-    )
-
     spec = variant_spec(variant)
-    # the model's name; the checkpoint key below keeps the variant's spec (the seed is in it)
-    shown = spec.model_copy(update={"display_name": seed_display_name(spec.display_name, seed if seed_in_name else None)})
+    # the model's name; the checkpoint key keeps the variant's spec (the seed is in it)
+    name = seed_display_name(spec.display_name, seed if seed_in_name else None)
     params = training_params(training, spec.training)
-    state = distributed_state()
-    batches = batch_plan(params, state.num_processes)  # before any work: a bad count fails now
-    device = models.default_device()
-    gradient_checkpointing = (
-        device != "cpu" if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
-    )
-    threads = set_threads(params.torch_threads) if device == "cpu" else None
+    setup = training_setup(params)
 
-    # 1. Tokenizer and data, through the chat template that generation uses too
     tokenizer = models.load_tokenizer(base_model)
-    examples, data_report = build_examples(tokenizer, training_set, params.max_length, params.overlong)
-    if data_report["dropped_overlong"] or data_report["truncated"]:
-        logger.warning(
-            "[%s] %d example(s) longer than max_length=%d tokens: %d dropped, %d truncated",
-            shown.display_name, data_report["dropped_overlong"] + data_report["truncated"],
-            params.max_length, data_report["dropped_overlong"], data_report["truncated"],
-        )
-    dataset = Dataset.from_list(examples)
+    dataset, data_report = training_data(tokenizer, training_set, params, name)
+    output_dir, resume_from = checkpoint_location(params, spec, seed, base_model, training_set, setup)
+    model = model_with_adapter(base_model, params, seed, setup)
+    trainer = build_trainer(model, tokenizer, dataset, params, output_dir, seed, setup, name, callbacks)
+    log_plan(trainer, name, len(dataset), data_report, params, setup, resume_from)
 
-    # 2. Checkpoints: one directory per (parameters, data, processes), so a rerun resumes
-    #    (`retrain` asks for a fresh run of the same configuration, so it is not part of the key)
-    run_id = fingerprint(
-        params.model_dump(exclude={"retrain"}),
-        {**spec.model_dump(), "training": {k: v for k, v in spec.training.items() if k != "retrain"}},
-        seed, models.model_identity(base_model), training_set, state.num_processes,
-    )
-    output_dir = Path(params.checkpoint_dir) / spec_name(spec) / run_id
-    if params.retrain and remove_once(state, output_dir):
-        logger.info("[%s] retrain: true, starting afresh in %s", shown.display_name, output_dir)
-    resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-
-    # 3. Model: base (fp32 on CPU, 4-bit NF4 for QLoRA) plus a seeded LoRA adapter
-    model = models.load_causal_lm(base_model, params.quantization, device)
-    model.set_attn_implementation(register_packed_attention())  # attention per example
-    model = add_lora(model, params, seed, gradient_checkpointing)
-
-    # 4. Trainer: padding-free batches, loss on response tokens only
-    trainer = CompletionOnlyTrainer(
-        model=model,
-        args=training_arguments(params, output_dir, seed, device, gradient_checkpointing, batches),
-        train_dataset=dataset,
-        data_collator=packed_collator(),
-        processing_class=tokenizer,
-        callbacks=[TrainingProgress(shown.display_name), *(callbacks or [])],
-    )
-    trainer.remove_callback(PrinterCallback)
-    steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _steps(trainer, len(dataset))
-    logger.info(
-        "[%s] training on %d examples (%d dropped as too long), %d steps of %d sequences "
-        "(%d process(es) x %d x %d accumulation steps), device %s%s, quantization %s, %s, LoRA r=%d%s",
-        shown.display_name, len(dataset), data_report["dropped_overlong"], steps, *batches, device,
-        f" ({threads} threads)" if threads else "", params.quantization, models.compute_dtype(device),
-        params.lora.r, f", resuming from {resume_from}" if resume_from else "",
-    )
-
-    if resume_from and checkpoint_step(resume_from) >= steps:
-        logger.info(
-            "[%s] already trained with these parameters and data (%s): reusing it without "
-            "training (set training.retrain=true to train it again)", shown.display_name, resume_from,
-        )
-
-    # 5. Train
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     wall_time = time.perf_counter() - start
 
     metrics = training_metrics(
-        trainer.state, result.metrics, wall_time, shown, params, data_report,
-        base_model=base_model, seed=seed, device=device, batches=batches, threads=threads,
-        resumed_from=resume_from, checkpoint_dir=output_dir,
+        trainer.state, result.metrics, wall_time, name, params, data_report,
+        base_model=base_model, seed=seed, device=setup.device, batches=setup.batches,
+        threads=setup.threads, resumed_from=resume_from, checkpoint_dir=output_dir,
     )
     logger.info(
         "[%s] done in %.0f s: loss %.3f -> %.3f, %d tokens, %.0f tokens/s",
-        shown.display_name, wall_time, metrics["loss_start"], metrics["loss_end"],
-        metrics["tokens_seen"], metrics["tokens_per_s"],
+        name, wall_time, metrics["loss_start"], metrics["loss_end"], metrics["tokens_seen"], metrics["tokens_per_s"],
     )
-    adapter = trainer.model
-    adapter.get_base_model().set_attn_implementation("sdpa")  # for generation with padding
-    adapter.eval()
-    return adapter, metrics
+    return finished_adapter(trainer), metrics
 
 
 def spec_name(spec: Any) -> str:
@@ -335,7 +424,7 @@ def training_metrics(
     state: Any,
     train_metrics: dict[str, Any],
     wall_time: float,
-    spec: Any,
+    name: str,
     params: TrainingParams,
     data_report: dict[str, int],
     **context: Any,
@@ -354,7 +443,7 @@ def training_metrics(
         tokens_before = next((r["tokens_seen"] for r in history if r["step"] == done), 0) or 0
     tokens_this_run = state.num_input_tokens_seen - tokens_before
     return {
-        "variant": spec.display_name,
+        "variant": name,
         "seed": context["seed"],
         "base_model": context["base_model"],
         "device": context["device"],

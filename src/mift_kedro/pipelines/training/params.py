@@ -1,7 +1,7 @@
 """The `base_model` and `training` parameter blocks, validated before any node runs.
 
-Registered in :data:`mift_kedro.config.PARAMETER_MODELS`, so the project's
-``before_pipeline_run`` hook rejects a typo or a wrong value in seconds, naming the key.
+Listed in :data:`mift_kedro.parameters.BLOCKS`, so the project's ``before_pipeline_run``
+hook rejects a typo or a wrong value in seconds, naming the key.
 A variant may override any `training` key under ``variants.<name>.training``.
 """
 
@@ -146,6 +146,3 @@ def base_model_params(base_model: dict[str, Any]) -> BaseModelParams:
         return BaseModelParams.model_validate(base_model)
     except ValidationError as exc:
         raise config.ParameterError(config.format_validation_error(exc, "`base_model`")) from None
-
-
-config.PARAMETER_MODELS.update({"base_model": BaseModelParams, "training": TrainingParams})

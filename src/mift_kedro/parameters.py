@@ -1,0 +1,52 @@
+"""The parameter schemas of every pipeline, in one list, and their validation.
+
+Each pipeline package owns its schema (``pipelines/<name>/params.py``); this module is the one
+place that lists them, so the ``before_pipeline_run`` hook checks every block before the first
+node runs, and a typo costs seconds. A schema added to a pipeline is added here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from mift_kedro.config import ParameterError, format_validation_error, training_seeds
+from mift_kedro.pipelines.data_engineering.params import DataEngineeringParams
+from mift_kedro.pipelines.reporting.params import ReferenceStudyBlock, ReportingParams
+from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams
+
+#: Top-level parameter blocks and the schema of each, by the pipeline that reads them. The
+#: data_engineering keys (``seed``, ``variants``, ``templates``, ``eval_sets``) are validated
+#: together by :class:`DataEngineeringParams`, and ``training_seeds`` by
+#: :func:`mift_kedro.config.training_seeds`.
+BLOCKS: dict[str, type[BaseModel]] = {
+    # training
+    "base_model": BaseModelParams,
+    "training": TrainingParams,
+    # reporting
+    "reporting": ReportingParams,
+    "reference_study": ReferenceStudyBlock,
+}
+
+
+def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
+    """Validate all parameter blocks; raise one :class:`ParameterError` naming every problem."""
+    problems = []
+    validated = None
+    try:
+        validated = DataEngineeringParams.model_validate({k: params.get(k) for k in DataEngineeringParams.model_fields})
+    except ValidationError as exc:
+        problems.append(format_validation_error(exc, "data engineering parameters"))
+    try:
+        training_seeds(params)
+    except ParameterError as exc:
+        problems.append(f"Invalid parameters: {exc}")
+    for block, model in BLOCKS.items():
+        try:
+            model.model_validate(params.get(block))
+        except ValidationError as exc:
+            problems.append(format_validation_error(exc, f"`{block}`"))
+    if problems:
+        raise ParameterError("\n".join(problems))
+    return validated
