@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mift_kedro import models  # noqa: E402
-from mift_kedro.pipelines.reporting.generation import generate, pick_num_threads  # noqa: E402
+from mift_kedro.pipelines.reporting.generation import generate  # noqa: E402
+from mift_kedro.threads import use_cpu_threads  # noqa: E402
 
 
 def latest_eval_set(name: str) -> list:
@@ -82,7 +83,7 @@ def main() -> None:
         ref = args.model or model_ref(tmp)
         tokenizer = models.load_tokenizer(ref)
         model = models.load_causal_lm(ref, device="cpu").eval()
-        torch.set_num_threads(pick_num_threads(args.threads if args.threads == "auto" else int(args.threads)))
+        use_cpu_threads(args.threads if args.threads == "auto" else int(args.threads))
 
         # Warm-up (first-call allocations), excluded from both timings.
         generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False)

@@ -41,7 +41,7 @@ from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from mift_kedro import chat, models  # noqa: E402
 from mift_kedro.pipelines.training import nodes  # noqa: E402
 from mift_kedro.pipelines.training.params import training_params  # noqa: E402
-from mift_kedro.pipelines.training.trainer import set_threads  # noqa: E402
+from mift_kedro.threads import use_cpu_threads  # noqa: E402
 
 SEED = 42
 
@@ -189,7 +189,7 @@ def main() -> None:
 
     conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
     params = training_params(conf)
-    threads = set_threads(args.threads if args.threads == "auto" else int(args.threads))
+    threads = use_cpu_threads(args.threads if args.threads == "auto" else int(args.threads))
     steps = args.steps + 1
     with tempfile.TemporaryDirectory() as tmp:
         ref = model_ref(tmp)

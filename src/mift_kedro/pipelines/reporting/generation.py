@@ -50,34 +50,6 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def pick_num_threads(setting: int | str | None) -> int:
-    """Torch CPU threads for generation: an int, ``None`` (torch's default) or ``"auto"``.
-
-    ``auto`` times a small matmul with 1 thread and with torch's default and keeps the faster:
-    on a CPU shared with other jobs, OpenMP threads waiting for a preempted sibling make two
-    threads 3-4x *slower* than one (measured here), while an idle 2-core CPU favours two.
-    """
-    default = torch.get_num_threads()
-    if setting is None or default <= 1:
-        return default
-    if setting != "auto":
-        return int(setting)
-    import time
-
-    a = torch.randn(384, 384)
-    timings = {}
-    for threads in (default, 1, default, 1):
-        torch.set_num_threads(threads)
-        start = time.perf_counter()
-        for _ in range(8):
-            a @ a
-        timings[threads] = min(timings.get(threads, float("inf")), time.perf_counter() - start)
-    torch.set_num_threads(default)
-    best = min(timings, key=timings.get)
-    logger.info("Torch threads for generation: %d (timings %s)", best, timings)
-    return best
-
-
 def generation_kwargs(sampling: dict[str, Any] | None) -> dict[str, Any]:
     """``generate`` keyword arguments from the ``reporting.generation`` parameters."""
     sampling = dict(sampling or {})

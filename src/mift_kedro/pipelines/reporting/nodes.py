@@ -17,13 +17,14 @@ from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
 from mift_kedro.pipelines.reporting import seeds, stats
 from mift_kedro.pipelines.reporting import sweep as S
-from mift_kedro.pipelines.reporting.generation import generate, model_device, pick_num_threads
+from mift_kedro.pipelines.reporting.generation import generate, model_device
 from mift_kedro.pipelines.reporting.params import (
     EVALUATE_METRICS,
     generation_quantization,
     reference_study,
     reporting_params,
 )
+from mift_kedro.threads import use_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ def predict(
 
     cfg = reporting_params(params)
     threads = torch.get_num_threads()
-    if model_device(model).type == "cpu":
-        torch.set_num_threads(pick_num_threads(cfg.num_threads))
+    use_cpu_threads(cfg.num_threads, model_device(model).type)
     try:
         rows = _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, seed)
     finally:

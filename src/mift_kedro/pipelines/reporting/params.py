@@ -67,7 +67,7 @@ class ReportingParams(StrictModel):
     batch_size: PositiveInt = 16
     device: str | None = Field(default=None, description="None: cuda if available, else cpu")
     num_threads: PositiveInt | Literal["auto"] | None = Field(
-        default="auto", description="CPU threads for generation; auto: 1 or torch's default, timed"
+        default="auto", description="CPU threads for generation; auto: the cores not busy (mift_kedro.threads)"
     )
     quantization: Literal["auto", "none", "4bit"] = Field(
         default="auto",

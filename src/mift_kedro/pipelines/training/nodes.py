@@ -226,7 +226,7 @@ def training_setup(params: TrainingParams) -> Setup:
     """Processes, batch plan, device and threads; a process count that cannot split the batch
     fails here, before any work."""
     from mift_kedro.distributed import distributed_state
-    from mift_kedro.pipelines.training.trainer import set_threads
+    from mift_kedro.threads import use_cpu_threads
 
     state = distributed_state()
     batches = batch_plan(params, state.num_processes)
@@ -234,7 +234,7 @@ def training_setup(params: TrainingParams) -> Setup:
     gradient_checkpointing = (
         device != "cpu" if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
     )
-    threads = set_threads(params.torch_threads) if device == "cpu" else None
+    threads = use_cpu_threads(params.torch_threads, device)
     return Setup(state, batches, device, gradient_checkpointing, threads)
 
 

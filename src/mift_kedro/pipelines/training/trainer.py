@@ -16,7 +16,6 @@ The loss is the mean cross-entropy over the response tokens of the whole optimiz
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -122,23 +121,3 @@ class TrainingProgress(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def set_threads(threads: int | str | None) -> int:
-    """Set torch's CPU threads; ``"auto"`` leaves out the cores other processes keep busy.
-
-    On a shared CPU, an OpenMP thread whose core is taken makes every op wait for it: with
-    2 threads on 2 busy cores, training ran 4-7x slower than with 1 thread.
-    """
-    if threads == "auto":
-        import psutil
-
-        cores = os.cpu_count() or 1
-        # Cores busy right now, sampled while this process waits: unlike the load average, it
-        # does not count this process's own work of the last minute (data prep, generation).
-        busy = round(psutil.cpu_percent(interval=0.5) / 100 * cores)
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # DDP ranks on this host
-        threads = max(1, min(cores, cores - busy) // local_processes)
-    if threads:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
