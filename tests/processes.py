@@ -9,10 +9,14 @@ its parent died and it was reparented.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -130,3 +134,47 @@ def describe(process: psutil.Process) -> str:
         return f"pid {process.pid}: {' '.join(process.cmdline())[:200]}"
     except psutil.Error:
         return f"pid {process.pid}"
+
+
+def free_port() -> int:
+    """A free loopback port below 49152 (kedro-viz refuses the ephemeral range)."""
+    for port in random.Random().sample(range(20000, 40000), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_for_http(process: subprocess.Popen, url: str, log: Path, timeout: float) -> bytes:
+    """The body of ``url`` once the server ``process`` (started with ``start_new_session``)
+    answers; if it exits or ``timeout`` passes first, stop it and fail with the end of its log."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_group(process)
+                pytest.fail(f"{' '.join(map(str, process.args))} did not answer {url}:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
+def spawn_ranks(rank: Callable[..., None], args: tuple, world: int, timeout: float) -> None:
+    """Run ``rank(rank_index, *args)`` in ``world`` spawned processes, as torch.distributed.run
+    would start DDP ranks; fail (killing them) when one fails or they hang past ``timeout``."""
+    import pytest
+    from torch.multiprocessing import start_processes
+
+    context = start_processes(rank, args=args, nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {world} ranks of {rank.__name__} hung for {timeout:.0f} s")

@@ -191,27 +191,14 @@ def test_mlflow_tracks_parameters_training_and_every_metric(fixture_run, tmp_pat
 @pytest.fixture
 def mlflow_ui(fixture_run, tmp_path):
     """`kedro mlflow ui` on a free loopback port; stopped with all its children at the end."""
-    import urllib.request
-
-    from tests.test_viz import _free_port
-
-    port = _free_port()
+    port = processes.free_port()
     log = (tmp_path / "mlflow_ui.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "kedro", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)],
         cwd=fixture_run, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                processes.stop_group(process)
-                pytest.fail(f"kedro mlflow ui did not start:\n{(tmp_path / 'mlflow_ui.log').read_text()[-3000:]}")
-            time.sleep(1)
+    processes.wait_for_http(process, f"{url}/health", tmp_path / "mlflow_ui.log", 180)
     yield url
     processes.stop_group(process)
     with pytest.raises(ProcessLookupError):  # no process of the server's group is left

@@ -51,14 +51,6 @@ def _overrides(base_dir: Path, bertscore_dir: Path) -> str:
     return ",".join(f"{key}={value}" for key, value in overrides.items())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _only_version(path: Path) -> Path:
     versions = sorted(p for p in path.iterdir() if p.is_dir())
     assert len(versions) == 1, f"{path}: {[v.name for v in versions]}"
@@ -82,7 +74,7 @@ def rehearsal(tmp_path_factory, shared_data, llama2_sp_tokenizer_dir):
     accelerate = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", "conf/llama2/accelerate_multi_gpu.yaml", "--num_processes", "2",
-        "--main_process_port", str(_free_port()), "-m", "mift_kedro",
+        "--main_process_port", str(processes.free_port()), "-m", "mift_kedro",
     ]
     logs = {}
     for name, command in (

@@ -8,8 +8,6 @@ random Llama (seeded) and the embedded tokenizer.
 from __future__ import annotations
 
 import os
-import socket
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pytest
 
 from mift_kedro.chat import assistant_message, user_message
+from tests import processes
 
 WORLD = 2
 #: 7 prompts: an uneven split (4 + 3), of different lengths, so batches differ per rank
@@ -79,22 +78,9 @@ def _rank(rank: int, port: int, tokenizer_dir: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_share_the_prompts_and_give_one_process_answers(tmp_path, embedded_tokenizer_dir):
-    from torch.multiprocessing import start_processes
-
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    free = port.getsockname()[1]
-    port.close()
-    context = start_processes(
-        _rank, args=(free, str(embedded_tokenizer_dir), str(tmp_path)), nprocs=WORLD, join=False,
-        start_method="spawn",
+    processes.spawn_ranks(
+        _rank, (processes.free_port(), str(embedded_tokenizer_dir), str(tmp_path)), WORLD, timeout=240
     )
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks hung while generating")
 
     single = _predictions(str(embedded_tokenizer_dir))
     columns = ["eval_set", "id", "prompt_text", "prediction", "prompt_tokens", "completion_tokens"]

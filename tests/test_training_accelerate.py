@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -34,12 +33,6 @@ OVERRIDES = {"effective_batch_size": 8, "batch_size": 2, "save_steps": 1, "warmu
              "learning_rate": 0.01}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_accelerate_run_writes_one_adapter(kedro_project, tiny_model_dir):  # noqa: F811
     # The inputs the training namespace reads: a training set and a prepared base model
@@ -55,7 +48,7 @@ def test_two_process_accelerate_run_writes_one_adapter(kedro_project, tiny_model
         # the reproduction's launcher config, with the process count given on the command line
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(PROJECT_ROOT / "conf/llama2/accelerate_multi_gpu.yaml"),
-        "--num_processes", "2", "--main_process_port", str(_free_port()),
+        "--num_processes", "2", "--main_process_port", str(processes.free_port()),
         "-m", "mift_kedro", "--pipelines", "training", "--namespaces", "custom_only",
         "--params", ",".join(f"training.{key}={value}" for key, value in OVERRIDES.items()),
     ]

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from tests import processes
+
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank(rank: int, port: int, directory: str, out: str) -> None:
@@ -51,24 +46,13 @@ def _rank(rank: int, port: int, directory: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_retrain_deletes_once_and_every_rank_takes_the_same_path(tmp_path):
-    from torch.multiprocessing import start_processes
-
     checkpoints = tmp_path / "checkpoints" / "run"
     (checkpoints / "checkpoint-2").mkdir(parents=True)
     (checkpoints / "checkpoint-2" / "trainer_state.json").write_text("{}")
     out = tmp_path / "out"
     out.mkdir()
 
-    context = start_processes(
-        _rank, args=(_free_port(), str(checkpoints), str(out)), nprocs=WORLD, join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks hung after retrain's directory check")
+    processes.spawn_ranks(_rank, (processes.free_port(), str(checkpoints), str(out)), WORLD, timeout=120)
 
     results = [json.loads((out / f"{rank}.json").read_text()) for rank in range(WORLD)]
     assert [r["removed"] for r in results] == [True, True]  # decided once, for every rank

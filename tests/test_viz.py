@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -20,39 +16,17 @@ from tests.conftest import copy_project
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _free_port() -> int:
-    """A free loopback port below 49152 (kedro-viz refuses the ephemeral range)."""
-    for port in random.Random().sample(range(20000, 40000), 50):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
-
 @pytest.fixture(scope="module")
 def viz_server(tmp_path_factory, shared_data):
     kedro_project = copy_project(tmp_path_factory.mktemp("viz") / "project")
-    port = _free_port()
+    port = processes.free_port()
     log = (kedro_project / "viz.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
         cwd=kedro_project, env={**os.environ, "MIFT_DATA_DIR": str(shared_data)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/main", timeout=5) as response:
-                graph = json.load(response)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                processes.stop_group(process)
-                pytest.fail(f"kedro viz did not start:\n{(kedro_project / 'viz.log').read_text()[-3000:]}")
-            time.sleep(1)
+    graph = json.loads(processes.wait_for_http(process, f"{url}/api/main", kedro_project / "viz.log", 120))
     yield url, graph
     processes.stop_group(process)  # the server runs in a multiprocessing child of `kedro viz run`
 
