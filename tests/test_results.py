@@ -122,3 +122,36 @@ def test_seed_summary_block_and_one_training_record_per_model(tmp_path):
     rendered = results.render_readme(
         "<!-- results:seeds:seed_summary:start -->\n<!-- results:seeds:seed_summary:end -->\n", dest.parent)
     assert "**Spread over training seeds**\n\n| Metric | Base |" in rendered
+
+
+def _bench_common():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", PROJECT_ROOT / "benchmarks/common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_benchmark_record_renders_its_rates_speedups_and_provenance(tmp_path):
+    common = _bench_common()
+    project = [10.0, 12.0, 11.0]
+    baseline = [5.0, 4.0, 5.5]
+    record = {
+        "title": "t", "machine": "a CPU", "repeats": 3, "unit": "tokens/s",
+        "cases": [{"case": "alpaca", "checks": "outputs identical 3/3",
+                   "rows": [common.row("project", project), common.row("baseline", baseline, project)]}],
+        "notes": ["one note"],
+    }
+    path = common.write_record("demo_bench", record, out=str(tmp_path / "bench/demo_bench.json"))
+    saved = json.loads(path.read_text())
+    assert saved["cases"][0]["rows"][1]["project_speedup"]["values"] == [2.0, 3.0, 2.0]
+    assert saved["command"].startswith("python ") and saved["date"]
+    text = "x\n<!-- results:bench:demo_bench:start -->\nold\n<!-- results:bench:demo_bench:end -->\n"
+    rendered = results.render_readme(text, tmp_path)
+    assert "| alpaca | project | 10 / 11 / 12 | (project) |" in rendered
+    assert "| alpaca | baseline | 4 / 5 / 5.5 | 2.00x / 2.00x / 3.00x |" in rendered
+    assert "3 interleaved repeats" in rendered and "outputs identical 3/3" in rendered and "one note" in rendered
+    assert "old" not in rendered
+    with pytest.raises(results.ResultsError, match="benchmark 'missing'"):
+        results.render_readme(text.replace("demo_bench", "missing"), tmp_path)
