@@ -120,7 +120,7 @@ def write_record(name: str, record: dict[str, Any], out: str | None = None) -> P
     script_name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
     full = {
         "benchmark": name,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python " + shlex.join([script_name, *sys.argv[1:]]),
         **record,
     }
