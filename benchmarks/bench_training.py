@@ -1,40 +1,46 @@
-"""Training throughput: the project's setup vs TRL's SFTTrainer, same model, data and settings.
+"""Training throughput: the training pipeline's trainer vs TRL's SFTTrainer as a user would run it.
 
-All runs train LoRA adapters on the embedded SmolLM2-135M in fp32 on the same examples, in
-the same order (sequential sampler), with the same batch size, max length, learning rate and
-LoRA settings, in this one process, one after the other:
+Every configuration trains a LoRA adapter (r=16, all linear layers, as conf/base) on the
+embedded SmolLM2-135M in fp32, on the same both_instructions examples in the same order
+(sequential sampler), batch 8, same learning rate, with the same CPU threads, in this one
+process; the configurations are interleaved and repeated (``--repeats``, default 5):
 
-* ``project``: the training pipeline's Trainer (padding-free batches with attention per
-  example, LM head only at response positions; ``mift_kedro.pipelines.training``).
-* ``trl-defaults``: ``trl.SFTTrainer`` with its remaining defaults (padded batches, gradient
-  checkpointing on, its default loss).
-* ``trl-nll``: the same with ``loss_type="nll"``.
+* ``project``: the pipeline's own steps (``nodes.model_with_adapter`` + ``nodes.build_trainer``):
+  TRL's SFTTrainer with padding-free batches, its fused LM head, attention per example.
+* ``trl-best``: the strongest plain TRL configuration found for this data on a CPU:
+  ``padding_free=True`` (no padding), completion-only loss, ``loss_type="nll"`` (fused LM
+  head), ``max_length=None``, no gradient checkpointing; SDPA attention (transformers' default).
+* ``trl-defaults``: SFTTrainer with its remaining defaults (padded batches, gradient
+  checkpointing on).
+* ``before`` (with ``--before <commit>``): the same measurement by that commit's
+  ``benchmarks/bench_training.py --runs project``, in a temporary git worktree — the trainer
+  the project had then (e.g. 466140b: transformers' Trainer, own tokenization and collation).
 
-It reports useful tokens/s (tokens of real examples; padding excluded), and model FLOP/s as a
-fraction of this machine's fp32 matmul peak, which it measures first with the same number of
-threads. Model FLOPs per useful token count what LoRA training of a frozen base needs: forward
-(2 N) and input-gradient backward (2 N) through the decoder's linear layers, 6 N for the
-trainable LoRA weights, causal attention, and the LM head only at the tokens with a loss.
-The first step of each run is a warm-up and not timed.
+Reported per configuration: useful tokens/s (tokens of real examples; padding excluded), model
+FLOP/s, and their share of this machine's fp32 matmul peak, measured before and after with the
+same threads (the higher is used). Model FLOPs per example count what LoRA training of a
+frozen base needs: forward (2 N) and input-gradient backward (2 N) through the decoder's linear
+layers, 6 N for the LoRA weights, causal attention, and the LM head only at the tokens with a
+loss. The first step of each run is a warm-up and is not timed.
 
-    python benchmarks/bench_training.py                    # both_instructions, 6 timed steps
-    python benchmarks/bench_training.py --variant custom_only --steps 4 --threads 2
+    python benchmarks/bench_training.py                          # 5 repeats, 4 timed steps
+    python benchmarks/bench_training.py --repeats 5 --before 466140b
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import torch  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 
@@ -43,12 +49,8 @@ from mift_kedro.pipelines.training import nodes  # noqa: E402
 from mift_kedro.pipelines.training.params import training_params  # noqa: E402
 from mift_kedro.threads import use_cpu_threads  # noqa: E402
 
+ROOT = common.ROOT
 SEED = 42
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def matmul_peak(threads: int, seconds: float = 3.0) -> float:
@@ -67,22 +69,20 @@ def matmul_peak(threads: int, seconds: float = 3.0) -> float:
 
 
 class StepTimer(TrainerCallback):
-    """Wall time and useful (non-padding) tokens per optimizer step."""
+    """Wall time of the optimizer steps after the first."""
 
     def __init__(self) -> None:
-        self.marks: list[tuple[float, int]] = []
+        self.marks: list[float] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
         if not self.marks:
-            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+            self.marks.append(time.perf_counter())
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+        self.marks.append(time.perf_counter())
 
-    def throughput(self) -> tuple[float, int, float]:
-        """(tokens/s, tokens, seconds) over the steps after the first, as the Trainer counts."""
-        (t0, n0), (t1, n1) = self.marks[1], self.marks[-1]
-        return (n1 - n0) / (t1 - t0), n1 - n0, t1 - t0
+    def seconds(self) -> float:
+        return self.marks[-1] - self.marks[1]
 
 
 def flops_per_example(cfg, lora_params: int, length: int, loss_tokens: int) -> float:
@@ -95,70 +95,48 @@ def flops_per_example(cfg, lora_params: int, length: int, loss_tokens: int) -> f
     return linear + attention + head
 
 
-def latest_training_set(variant: str):
-    import pandas as pd
+def bench_params(threads: int, steps: int):
+    import yaml
 
-    files = sorted(glob.glob(str(ROOT / f"data/05_model_input/{variant}/training_set.jsonl/*/training_set.jsonl")))
-    if not files:
-        sys.exit(f"No training set for {variant!r}: run `kedro run --pipelines data_engineering` first.")
-    return pd.read_json(files[-1], lines=True, dtype=False)
-
-
-def model_ref() -> str:
-    """The embedded model as the pipeline's prepare_base_model node converts it: once per
-    machine (~/.cache/mift_kedro/converted, ~40 s the first time, not timed), then reused."""
-    from mift_kedro.pipelines.training.nodes import prepare_base_model
-
-    return str(prepare_base_model({"source": "embedded", "name": models.EMBEDDED_GGUF}).directory)
+    conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
+    return training_params(conf, {
+        "quantization": "none", "lora": {"dropout": 0.0}, "max_steps": steps, "save_steps": 10**6,
+        "torch_threads": threads, "sft": {"train_sampling_strategy": "sequential"},
+    })
 
 
-def run_project(ref, frame, params, steps, tmp) -> StepTimer:
-    from mift_kedro.pipelines.training.trainer import (
-        CompletionOnlyTrainer,
-        packed_collator,
-        register_packed_attention,
-    )
-
-    tokenizer = models.load_tokenizer(ref)
-    examples, _ = nodes.build_examples(tokenizer, frame, params.max_length, params.overlong)
-    model = models.load_causal_lm(ref, device="cpu")
-    model.set_attn_implementation(register_packed_attention())
-    model = nodes.add_lora(model, params, SEED, False)
-    args = nodes.training_arguments(params, Path(tmp) / "project", SEED, "cpu", False)
-    args.max_steps, args.save_strategy, args.train_sampling_strategy = steps, "no", "sequential"
+def run_project(ref, frame, params, tmp) -> float:
+    setup = nodes.training_setup(params)
+    model = nodes.model_with_adapter(ref, params, SEED, setup)
     timer = StepTimer()
-    from datasets import Dataset
-
-    trainer = CompletionOnlyTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(examples),
-        data_collator=packed_collator(), callbacks=[timer],
+    trainer = nodes.build_trainer(
+        model, models.load_tokenizer(ref), nodes.training_data(frame), params, Path(tmp) / "project",
+        SEED, setup, "project", callbacks=[timer],
     )
-    trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return timer
+    return timer.seconds()
 
 
-def run_trl(ref, frame, params, steps, tmp, **overrides) -> StepTimer:
-    from datasets import Dataset
+def run_trl(ref, frame, params, tmp, **overrides) -> float:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = models.load_tokenizer(ref)
     model = models.load_causal_lm(ref, device="cpu")
     config = SFTConfig(
         output_dir=str(Path(tmp) / "trl"),
-        max_steps=steps,
+        max_steps=params.max_steps,
         per_device_train_batch_size=params.batch_size,
         learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,
         max_length=params.max_length,
-        bf16=False,  # same precision as the project: fp32 on CPU
+        bf16=False,  # the same precision as the project: fp32 on CPU
         use_cpu=True,
         seed=SEED,
         train_sampling_strategy="sequential",
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
         **overrides,
     )
     lora = LoraConfig(
@@ -167,101 +145,127 @@ def run_trl(ref, frame, params, steps, tmp, **overrides) -> StepTimer:
     )
     timer = StepTimer()
     trainer = SFTTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=lora, callbacks=[timer],
-        train_dataset=Dataset.from_pandas(frame[["prompt", "completion"]], preserve_index=False),
+        model=model, args=config, processing_class=models.load_tokenizer(ref), peft_config=lora,
+        train_dataset=nodes.training_data(frame), callbacks=[timer],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return timer
+    return timer.seconds()
+
+
+def run_before(worktree: Path, steps: int, threads: int, variant: str) -> float:
+    """The earlier commit's own benchmark of its trainer, on the same examples and settings;
+    its JSON gives useful tokens/s over the same timed examples, converted back to seconds."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, str(worktree / "benchmarks/bench_training.py"), "--runs", "project",
+             "--steps", str(steps - 1), "--threads", str(threads), "--variant", variant, "--json", out.name],
+            check=True, cwd=worktree, capture_output=True, text=True,
+        )
+        return json.loads(Path(out.name).read_text())["project"]["seconds"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", default="both_instructions")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps (plus one warm-up)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps (plus one warm-up)")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", default="auto", help="CPU threads for every run, or auto")
-    parser.add_argument("--runs", default="project,trl-defaults,trl-nll")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--runs", default="project,trl-best,trl-defaults")
+    parser.add_argument("--before", help="a commit whose trainer to measure too (its bench_training.py)")
+    parser.add_argument("--out", help="the record's path (default docs/results/bench/training.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
-    import yaml
+    from datasets.utils.logging import disable_progress_bar
     from transformers import AutoConfig
 
-    conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())["training"]
-    params = training_params(conf)
+    disable_progress_bar()
     threads = use_cpu_threads(args.threads if args.threads == "auto" else int(args.threads))
     steps = args.steps + 1
+    params = bench_params(threads, steps)
+    ref = common.model_ref()
+    tokenizer = models.load_tokenizer(ref)
+    frame = common.latest_model_input(f"{args.variant}/training_set.jsonl")
+    # every configuration gets exactly the examples that fit, in the same order
+    encoded = [chat.tokenize_example(tokenizer, p, c) for p, c in zip(frame["prompt"], frame["completion"], strict=True)]
+    fits = [len(e["input_ids"]) <= params.max_length for e in encoded]
+    frame = frame[fits].head(steps * params.batch_size).reset_index(drop=True)
+    timed = [e for e, ok in zip(encoded, fits, strict=True) if ok][params.batch_size : steps * params.batch_size]
+    cfg = AutoConfig.from_pretrained(ref)
+    lora_params = sum(
+        p.numel() for p in nodes.add_lora(models.load_causal_lm(ref, device="cpu"), params, SEED, False).parameters()
+        if p.requires_grad
+    )
+    flops = sum(
+        flops_per_example(cfg, lora_params, len(e["input_ids"]), sum(e["completion_mask"][1:])) for e in timed
+    )
+    useful = sum(len(e["input_ids"]) for e in timed)
+    common.say(f"threads={threads} batch={params.batch_size} LoRA r={params.lora.r} "
+               f"({lora_params / 1e6:.2f} M trainable) variant={args.variant}: {useful} timed tokens")
+    peak = matmul_peak(threads)
+    common.say(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
+
     with tempfile.TemporaryDirectory() as tmp:
-        ref = model_ref()
-        tokenizer = models.load_tokenizer(ref)
-        frame = latest_training_set(args.variant)
-        # every run gets exactly the examples that fit, in the same order
-        fits = [
-            len(chat.tokenize_example(tokenizer, p, c)["input_ids"]) <= params.max_length
-            for p, c in zip(frame["prompt"], frame["completion"], strict=True)
-        ]
-        frame = frame[fits].head(steps * params.batch_size).reset_index(drop=True)
-        examples, _ = nodes.build_examples(tokenizer, frame, params.max_length, "drop")
-        cfg = AutoConfig.from_pretrained(ref)
-        lora_params = sum(
-            p.numel() for p in nodes.add_lora(
-                models.load_causal_lm(ref, device="cpu"), params, SEED, False
-            ).parameters() if p.requires_grad
-        )
-        say(f"threads={threads}  batch={params.batch_size}  max_length={params.max_length}  "
-            f"LoRA r={params.lora.r} ({lora_params / 1e6:.2f} M trainable)  variant={args.variant}")
-        peak = matmul_peak(threads)
-        say(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
-
         runners = {
-            "project": lambda: run_project(ref, frame, params, steps, tmp),
-            "trl-defaults": lambda: run_trl(ref, frame, params, steps, tmp),
-            "trl-nll": lambda: run_trl(ref, frame, params, steps, tmp, loss_type="nll"),
-            "trl-nll-no-gc": lambda: run_trl(
-                ref, frame, params, steps, tmp, loss_type="nll", gradient_checkpointing=False
+            "project": lambda: run_project(ref, frame, params, tmp),
+            "trl-best": lambda: run_trl(
+                ref, frame, params, tmp, padding_free=True, max_length=None, loss_type="nll",
+                gradient_checkpointing=False,
             ),
+            "trl-defaults": lambda: run_trl(ref, frame, params, tmp),
         }
-        # model FLOPs of the timed examples (steps 2..n): the same work for every run
-        timed = examples[params.batch_size:]
-        flops = sum(
-            flops_per_example(cfg, lora_params, len(e["input_ids"]),
-                              sum(t != -100 for t in e["labels"][1:]))
-            for e in timed
-        )
-        useful = sum(len(e["input_ids"]) for e in timed)
-        results = {}
-        for name in args.runs.split(","):
-            torch.manual_seed(SEED)
-            _, tokens, seconds = runners[name]().throughput()
-            rate = useful / seconds  # the same timed examples for every run, padding excluded
-            mfu = flops / seconds / 1e9 / peak
-            results[name] = {"useful_tokens_per_s": rate, "tokens": tokens, "seconds": seconds,
-                             "model_gflops_per_s": flops / seconds / 1e9, "fraction_of_peak": mfu}
-            say(f"{name:14s} {rate:6.1f} useful tokens/s  {flops / seconds / 1e9:5.1f} model GFLOP/s"
-                f" = {mfu:4.0%} of peak  ({useful} tokens in {seconds:.1f} s)")
-        # the machine may be busier or quieter now: take the higher peak (the harder target)
-        later = matmul_peak(threads)
-        if later > peak:
-            say(f"fp32 matmul peak measured again: {later:.1f} GFLOP/s; fractions rescaled")
-            for row in results.values():
-                row["fraction_of_peak"] *= peak / later
-            peak = later
+        runners = {name: runners[name] for name in args.runs.split(",")}
+        if args.before:
+            worktree = Path(tmp) / "before"
+            subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
+                           check=True, cwd=ROOT, capture_output=True)
+            (worktree / "data").symlink_to(ROOT / "data")
+            runners["before"] = lambda: run_before(worktree, steps, threads, args.variant)
+        try:
+            seconds = common.interleaved(runners, args.repeats)
+        finally:
+            if args.before:
+                subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+    later = matmul_peak(threads)
+    common.say(f"fp32 matmul peak measured again: {later:.1f} GFLOP/s")
+    peak = max(peak, later)
 
-    if "project" in results:
-        project = results["project"]
-        baselines = [n for n in results if n.startswith("trl")]
-        for name in baselines:
-            ratio = project["useful_tokens_per_s"] / results[name]["useful_tokens_per_s"]
-            say(f"project vs {name}: {ratio:.2f}x")
-        if baselines:
-            fastest = max(baselines, key=lambda n: results[n]["useful_tokens_per_s"])
-            ratio = project["useful_tokens_per_s"] / results[fastest]["useful_tokens_per_s"]
-            say(f"project vs the faster baseline ({fastest}): {ratio:.2f}x (target >= 1.5x); "
-                f"project at {project['fraction_of_peak']:.0%} of the fp32 matmul peak "
-                f"{peak:.1f} GFLOP/s (target >= 50%)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"peak_gflops": peak, "threads": threads, **results}, indent=2))
+    labels = {
+        "project": "project (pipeline: SFTTrainer, padding-free, attention per example)",
+        "trl-best": "TRL SFTTrainer: padding_free, completion-only, nll, max_length=None, no checkpointing",
+        "trl-defaults": "TRL SFTTrainer: remaining defaults (padded, gradient checkpointing)",
+        "before": f"the trainer of commit {args.before} (transformers Trainer, own collation)",
+    }
+    rates = {name: [useful / s for s in values] for name, values in seconds.items()}
+    rows = []
+    for name, values in rates.items():
+        gflops = [flops / s / 1e9 for s in seconds[name]]
+        rows.append(common.row(
+            labels[name], values, rates.get("project") if name != "project" else None,
+            model_gflops_per_s=common.spread(gflops),
+            fraction_of_peak=common.spread([g / peak for g in gflops]),
+        ))
+        common.say(f"{name:13s} useful tokens/s min {min(values):.1f} median {sorted(values)[len(values) // 2]:.1f} "
+                   f"max {max(values):.1f}; of peak {max(gflops) / peak:.0%} best")
+    project_share = common.spread([flops / s / 1e9 / peak for s in seconds["project"]]) if "project" in seconds else None
+    common.write_record("training", {
+        "title": "LoRA training throughput",
+        "machine": common.machine(threads),
+        "repeats": args.repeats,
+        "unit": "useful tokens/s",
+        "peak_gflops": round(peak, 1),
+        "cases": [{
+            "case": f"{args.variant}, {len(timed)} examples in {args.steps} timed steps of {params.batch_size}",
+            "rows": rows,
+            "checks": "same examples, order, batch, LoRA and precision (fp32) in every configuration",
+        }],
+        "notes": [
+            f"fp32 matmul peak {peak:.1f} GFLOP/s with {threads} thread(s), measured before and after "
+            "(the higher). The project runs at "
+            + (f"{project_share['min']:.0%} / {project_share['median']:.0%} / {project_share['max']:.0%} "
+               "(min / median / max) of it." if project_share else "n/a."),
+        ],
+    }, args.out)
 
 
 if __name__ == "__main__":

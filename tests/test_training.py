@@ -16,11 +16,7 @@ from mift_kedro import chat, config, models, parameters
 from mift_kedro.datasets import AdapterDataset, BaseModelDataset
 from mift_kedro.pipelines.training import create_pipeline, nodes
 from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams, training_params
-from mift_kedro.pipelines.training.trainer import (
-    CompletionOnlyTrainer,
-    packed_collator,
-    register_packed_attention,
-)
+from mift_kedro.pipelines.training.trainer import register_packed_attention
 from tests.conftest import PROJECT_ROOT, tiny_llama
 
 
@@ -82,55 +78,77 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 # --- data and loss -----------------------------------------------------------------------------
 
 
-def test_examples_put_labels_on_the_response_only(tiny_model_dir):
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    examples, report = nodes.build_examples(tokenizer, sentiment_rows(4), 128, "drop")
-    assert report == {"examples_in": 4, "dropped_overlong": 0, "truncated": 0, "examples": 4}
-    labels = [t for t in examples[0]["labels"] if t != -100]
-    assert tokenizer.decode(labels).startswith("positive<|im_end|>")
-    prompt_text = chat.render_prompt(tokenizer, sentiment_rows(1)["prompt"][0])
-    n_prompt = len(chat.tokenize_prompt(tokenizer, prompt_text))
-    assert examples[0]["labels"][:n_prompt] == [-100] * n_prompt
-    assert examples[0]["input_ids"][:n_prompt] == chat.tokenize_prompt(tokenizer, prompt_text)
+def tiny_trainer(model_dir: Path, tmp_path: Path, rows: pd.DataFrame, **overrides):
+    """The pipeline's trainer on the tiny model, built by the node's own steps (nothing trained)."""
+    params = training_params(tiny_training(tmp_path, **overrides))
+    setup = nodes.training_setup(params)
+    tokenizer = models.load_tokenizer(str(model_dir))
+    model = nodes.model_with_adapter(str(model_dir), params, 1, setup)
+    return nodes.build_trainer(
+        model, tokenizer, nodes.training_data(rows), params, tmp_path / "out", 1, setup, "FT-Test"
+    )
 
 
-def test_overlong_examples_are_dropped_or_truncated_and_counted(tiny_model_dir):
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+def test_trl_tokenizes_the_whole_conversation_with_labels_on_the_response_only(tiny_model_dir, tmp_path):
+    """TRL's data preparation gives what generation sees: the prompt exactly as
+    chat.render_prompt renders it, then the answer; loss only on the answer."""
+    rows = sentiment_rows(4)
+    trainer = tiny_trainer(tiny_model_dir, tmp_path, rows)
+    tokenizer = trainer.processing_class
+    assert trainer.data_report == {"examples_in": 4, "dropped_overlong": 0, "truncated": 0, "examples": 4}
+    for k, example in enumerate(trainer.train_dataset):
+        expected = chat.tokenize_example(tokenizer, rows["prompt"][k], rows["completion"][k])
+        assert example["input_ids"] == expected["input_ids"]
+        assert [t != -100 for t in example["labels"]] == [bool(m) for m in expected["completion_mask"]]
+    first = trainer.train_dataset[0]
+    assert tokenizer.decode([t for t in first["labels"] if t != -100]).startswith("positive<|im_end|>")
+
+
+def test_overlong_examples_are_dropped_or_truncated_and_counted(tiny_model_dir, tmp_path):
     rows = sentiment_rows(4)
     rows.loc[0, "completion"] = chat.assistant_message("word " * 200)
-    _, dropped = nodes.build_examples(tokenizer, rows, 96, "drop")
-    assert dropped["dropped_overlong"] == 1 and dropped["examples"] == 3
-    examples, truncated = nodes.build_examples(tokenizer, rows, 96, "truncate")
-    assert truncated["truncated"] == 1 and truncated["examples"] == 4
-    assert max(len(e["input_ids"]) for e in examples) == 96
+    dropped = tiny_trainer(tiny_model_dir, tmp_path / "d", rows, max_length=96)
+    assert dropped.data_report == {"examples_in": 4, "dropped_overlong": 1, "truncated": 0, "examples": 3}
+    assert len(dropped.train_dataset) == 3
+    truncated = tiny_trainer(tiny_model_dir, tmp_path / "t", rows, max_length=96, overlong="truncate")
+    assert truncated.data_report == {"examples_in": 4, "dropped_overlong": 0, "truncated": 1, "examples": 4}
+    assert max(len(ids) for ids in truncated.train_dataset["input_ids"]) == 96
     with pytest.raises(ValueError, match="max_length"):
-        nodes.build_examples(tokenizer, rows, 8, "drop")
+        tiny_trainer(tiny_model_dir, tmp_path / "x", rows, max_length=8)
 
 
-def test_loss_is_the_mean_over_response_tokens_only(tiny_model_dir):
-    """The padding-free, logits-where-needed loss equals transformers' own masked loss."""
-    from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, TrainingArguments
-
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    examples, _ = nodes.build_examples(tokenizer, sentiment_rows(3), 128, "drop")
-    trainer = CompletionOnlyTrainer(
-        model=model, args=TrainingArguments(output_dir="unused", use_cpu=True, report_to="none"),
-    )
-    batch = DataCollatorWithFlattening()(examples)
+def test_loss_is_the_mean_over_response_tokens_only(tiny_model_dir, tmp_path):
+    """TRL's padding-free batch with attention per example gives transformers' own masked
+    loss of each example, averaged over the response tokens."""
+    trainer = tiny_trainer(tiny_model_dir, tmp_path, sentiment_rows(3))
+    model = trainer.model
+    assert model.get_base_model().config._attn_implementation == register_packed_attention()
+    examples = list(trainer.train_dataset)
+    batch = trainer.data_collator(examples)
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # padding-free
+    assert batch["cu_seq_lens_q"].tolist()[-1] == sum(len(e["input_ids"]) for e in examples)
     loss = trainer.compute_loss(model, dict(batch))
 
     total, count = 0.0, 0
+    model.get_base_model().set_attn_implementation("sdpa")
     for ex in examples:
         n = sum(t != -100 for t in ex["labels"][1:])
         out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
         total, count = total + out.loss.item() * n, count + n
     assert loss.item() == pytest.approx(total / count, rel=1e-5)
 
-    # The same with attention computed per example (the pipeline's packed attention)
-    model.set_attn_implementation(register_packed_attention())
-    packed = trainer.compute_loss(model, dict(packed_collator()(examples)))
-    assert packed.item() == pytest.approx(total / count, rel=1e-5)
+
+def test_sft_options_pass_through_to_trl_and_bad_ones_name_the_key(tiny_model_dir, tmp_path):
+    trainer = tiny_trainer(tiny_model_dir, tmp_path, sentiment_rows(4), sft={"optim": "sgd", "adam_beta1": 0.8})
+    assert (trainer.args.optim, trainer.args.adam_beta1) == ("sgd", 0.8)
+    assert (trainer.args.padding_free, trainer.args.completion_only_loss) == (True, True)
+    with pytest.raises(config.ParameterError, match=r"sft\.optm is not an option of trl\.SFTConfig \(did you mean optim"):
+        training_params(tiny_training(tmp_path), {"sft": {"optm": "sgd"}})
+    with pytest.raises(config.ParameterError, match=r"sft\.learning_rate is set by the pipeline from training\.learning_rate"):
+        training_params(tiny_training(tmp_path), {"sft": {"learning_rate": 1.0}})
+    params = training_params(tiny_training(tmp_path, sft={"optim": "no_such_optimizer"}))
+    with pytest.raises(config.ParameterError, match="training.sft is not a valid SFTConfig"):
+        nodes.sft_config(params, tmp_path, 0, "cpu", False)
 
 
 # --- training, adapters, resuming --------------------------------------------------------------
@@ -222,8 +240,8 @@ def test_training_steps_work_without_kedro(tiny_model_dir, tmp_path):
     assert setup.batches == nodes.BatchPlan(4, 1, 4, 1)
 
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    dataset, report = nodes.training_data(tokenizer, sentiment_rows(6), params, "FT-Test")
-    assert len(dataset) == 6 and report["examples"] == 6 and set(dataset.column_names) == {"input_ids", "labels"}
+    dataset = nodes.training_data(sentiment_rows(6))
+    assert len(dataset) == 6 and dataset.column_names == ["prompt", "completion"]
 
     spec = config.variant_spec(VARIANT)
     where = (params, spec, 1, str(tiny_model_dir), sentiment_rows(6), setup)
@@ -243,6 +261,7 @@ def test_training_steps_work_without_kedro(tiny_model_dir, tmp_path):
     assert model.get_base_model().config._attn_implementation == register_packed_attention()
 
     trainer = nodes.build_trainer(model, tokenizer, dataset, params, output_dir, 1, setup, "FT-Test")
+    assert trainer.data_report["examples"] == 6 and "input_ids" in trainer.train_dataset.column_names
     callbacks = {type(c) for c in trainer.callback_handler.callbacks}
     assert TrainingProgress in callbacks and PrinterCallback not in callbacks
     assert (trainer.args.output_dir, trainer.args.seed) == (str(output_dir), 1)
@@ -415,7 +434,7 @@ def test_demo_batches_are_unchanged_on_one_process():
     conf = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())
     plan = nodes.batch_plan(training_params(conf["training"]), 1)
     assert plan == nodes.BatchPlan(8, 1, 8, 1)
-    args = nodes.training_arguments(training_params(conf["training"]), Path("unused"), 0, "cpu", False)
+    args = nodes.sft_config(training_params(conf["training"]), Path("unused"), 0, "cpu", False)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 1)
 
 

@@ -2,7 +2,8 @@
 
 Read :func:`train_adapter` top to bottom: it is a training run, in the order of TRL's
 ``sft.py`` script (setup, tokenizer, data, checkpoint location, model and adapter, trainer,
-train, metrics); each step is a function of its own, callable without Kedro.
+train, metrics), on TRL's ``SFTTrainer``; each step is a function of its own, callable
+without Kedro.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from mift_kedro import chat, models
+from mift_kedro import models
 from mift_kedro.config import ParameterError, seed_display_name, variant_spec
 from mift_kedro.pipelines.training.params import TrainingParams, base_model_params, training_params
 
@@ -58,35 +59,6 @@ def _convert_once(gguf_file: str, cache_dir: str | None) -> Path:
 
 
 # --- data ------------------------------------------------------------------------------------
-
-
-def build_examples(
-    tokenizer: Any, training_set: pd.DataFrame, max_length: int, overlong: str
-) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
-    """Tokenize through the shared chat template; labels are -100 outside the response.
-
-    Examples longer than ``max_length`` are dropped, or truncated (``overlong: truncate``);
-    a truncated example that keeps no response token is dropped too. Counts are returned.
-    """
-    examples, report = [], {"examples_in": len(training_set), "dropped_overlong": 0, "truncated": 0}
-    for prompt, completion in zip(training_set["prompt"], training_set["completion"], strict=True):
-        tokens = chat.tokenize_example(tokenizer, prompt, completion)
-        ids, mask = tokens["input_ids"], tokens["completion_mask"]
-        if len(ids) > max_length:
-            if overlong == "drop" or not any(mask[:max_length]):
-                report["dropped_overlong"] += 1
-                continue
-            ids, mask = ids[:max_length], mask[:max_length]
-            report["truncated"] += 1
-        labels = [tok if keep else -100 for tok, keep in zip(ids, mask, strict=True)]
-        examples.append({"input_ids": ids, "labels": labels})
-    report["examples"] = len(examples)
-    if not examples:
-        raise ValueError(
-            f"No training example fits training.max_length={max_length}: raise it, or set "
-            "training.overlong: truncate."
-        )
-    return examples, report
 
 
 class BatchPlan(NamedTuple):
@@ -163,7 +135,7 @@ def add_lora(model: Any, params: TrainingParams, seed: int, gradient_checkpointi
     return get_peft_model(model, lora)
 
 
-def training_arguments(
+def sft_config(
     params: TrainingParams,
     output_dir: Path,
     seed: int,
@@ -171,42 +143,49 @@ def training_arguments(
     gradient_checkpointing: bool,
     batches: BatchPlan | None = None,
 ) -> Any:
-    """Trainer settings: precision by device (fp32 on CPU), checkpoints for resuming;
-    ``batches`` defaults to one process's plan."""
+    """TRL's ``SFTConfig``: precision by device (fp32 on CPU), padding-free batches, loss on the
+    response, checkpoints for resuming; ``batches`` defaults to one process's plan. Any other
+    SFTConfig option comes from ``training.sft`` (checked by TRL itself)."""
     import torch
-    from transformers import TrainingArguments
+    from trl import SFTConfig
 
     dtype = models.compute_dtype(device)
     batches = batches or batch_plan(params, 1)
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps or -1,
-        per_device_train_batch_size=batches.per_process_batch_size,
-        gradient_accumulation_steps=batches.gradient_accumulation_steps,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,
-        weight_decay=params.weight_decay,
-        max_grad_norm=params.max_grad_norm,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=device == "cpu",
-        activation_checkpointing=gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        seed=seed,
-        data_seed=seed,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=1,
-        report_to="none",
-        disable_tqdm=True,  # TrainingProgress draws the bar
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="all",  # padding-free batches: every token is useful
-        ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
-    )
+    try:
+        return SFTConfig(
+            output_dir=str(output_dir),
+            num_train_epochs=params.epochs,
+            max_steps=params.max_steps or -1,
+            per_device_train_batch_size=batches.per_process_batch_size,
+            gradient_accumulation_steps=batches.gradient_accumulation_steps,
+            learning_rate=params.learning_rate,
+            lr_scheduler_type=params.lr_scheduler,
+            warmup_steps=params.warmup_ratio,
+            weight_decay=params.weight_decay,
+            max_grad_norm=params.max_grad_norm,
+            bf16=dtype == torch.bfloat16,
+            fp16=dtype == torch.float16,
+            use_cpu=device == "cpu",
+            activation_checkpointing=gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+            seed=seed,
+            data_seed=seed,
+            padding_free=True,  # one row per batch, boundaries for packed_sdpa_attention
+            completion_only_loss=True,
+            max_length=None,  # the overlong policy applies training.max_length (VariantSFTTrainer)
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=params.save_steps,
+            save_total_limit=1,
+            report_to="none",
+            disable_tqdm=True,  # TrainingProgress draws the bar
+            include_num_input_tokens_seen="all",  # padding-free batches: every token is useful
+            ddp_find_unused_parameters=False,
+            dataloader_num_workers=0,
+            **params.sft,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"training.sft is not a valid SFTConfig: {exc}") from exc
 
 
 # --- the steps of a training run ---------------------------------------------------------------
@@ -238,21 +217,12 @@ def training_setup(params: TrainingParams) -> Setup:
     return Setup(state, batches, device, gradient_checkpointing, threads)
 
 
-def training_data(
-    tokenizer: Any, training_set: pd.DataFrame, params: TrainingParams, name: str
-) -> tuple[Any, dict[str, int]]:
-    """The training set tokenized through the chat template that generation uses too, as a
-    ``datasets.Dataset``; examples too long for ``training.max_length`` are counted and logged."""
+def training_data(training_set: pd.DataFrame) -> Any:
+    """The variant's conversations as a ``datasets.Dataset`` of ``prompt`` / ``completion``
+    messages: TRL's conversational prompt-completion format, which it tokenizes itself."""
     from datasets import Dataset
 
-    examples, report = build_examples(tokenizer, training_set, params.max_length, params.overlong)
-    if report["dropped_overlong"] or report["truncated"]:
-        logger.warning(
-            "[%s] %d example(s) longer than max_length=%d tokens: %d dropped, %d truncated",
-            name, report["dropped_overlong"] + report["truncated"],
-            params.max_length, report["dropped_overlong"], report["truncated"],
-        )
-    return Dataset.from_list(examples), report
+    return Dataset.from_pandas(training_set[["prompt", "completion"]], preserve_index=False)
 
 
 def checkpoint_location(
@@ -301,24 +271,29 @@ def build_trainer(
     name: str,
     callbacks: list[Any] | None = None,
 ) -> Any:
-    """The trainer: padding-free batches, loss on response tokens only, a progress bar."""
+    """TRL's trainer (it tokenizes the conversations through the chat template and builds
+    padding-free batches with the loss on the response), the overlong policy, a progress bar."""
     from transformers import PrinterCallback
 
-    from mift_kedro.pipelines.training.trainer import (
-        CompletionOnlyTrainer,
-        TrainingProgress,
-        packed_collator,
-    )
+    from mift_kedro.pipelines.training.trainer import TrainingProgress, VariantSFTTrainer
 
-    trainer = CompletionOnlyTrainer(
+    trainer = VariantSFTTrainer(
         model=model,
-        args=training_arguments(params, output_dir, seed, setup.device, setup.gradient_checkpointing, setup.batches),
+        args=sft_config(params, output_dir, seed, setup.device, setup.gradient_checkpointing, setup.batches),
         train_dataset=dataset,
-        data_collator=packed_collator(),
         processing_class=tokenizer,
         callbacks=[TrainingProgress(name), *(callbacks or [])],
+        max_length=params.max_length,
+        overlong=params.overlong,
     )
     trainer.remove_callback(PrinterCallback)
+    report = trainer.data_report
+    if report["dropped_overlong"] or report["truncated"]:
+        logger.warning(
+            "[%s] %d example(s) longer than max_length=%d tokens: %d dropped, %d truncated",
+            name, report["dropped_overlong"] + report["truncated"],
+            params.max_length, report["dropped_overlong"], report["truncated"],
+        )
     return trainer
 
 
@@ -380,11 +355,12 @@ def train_adapter(
     setup = training_setup(params)
 
     tokenizer = models.load_tokenizer(base_model)
-    dataset, data_report = training_data(tokenizer, training_set, params, name)
+    dataset = training_data(training_set)
     output_dir, resume_from = checkpoint_location(params, spec, seed, base_model, training_set, setup)
     model = model_with_adapter(base_model, params, seed, setup)
     trainer = build_trainer(model, tokenizer, dataset, params, output_dir, seed, setup, name, callbacks)
-    log_plan(trainer, name, len(dataset), data_report, params, setup, resume_from)
+    data_report = trainer.data_report
+    log_plan(trainer, name, data_report["examples"], data_report, params, setup, resume_from)
 
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)

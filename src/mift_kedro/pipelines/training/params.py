@@ -22,6 +22,39 @@ from pydantic import (
 from mift_kedro import config, models
 
 
+#: SFTConfig options the pipeline sets itself: the project parameter that controls each, or why
+#: the pipeline fixes it. ``training.sft`` may set any other SFTConfig option.
+MANAGED_SFT_OPTIONS = {
+    "output_dir": "training.checkpoint_dir",
+    "num_train_epochs": "training.epochs",
+    "max_steps": "training.max_steps",
+    "per_device_train_batch_size": "training.effective_batch_size and training.batch_size",
+    "gradient_accumulation_steps": "training.effective_batch_size and training.batch_size",
+    "learning_rate": "training.learning_rate",
+    "lr_scheduler_type": "training.lr_scheduler",
+    "warmup_steps": "training.warmup_ratio",
+    "weight_decay": "training.weight_decay",
+    "max_grad_norm": "training.max_grad_norm",
+    "max_length": "training.max_length (with training.overlong)",
+    "activation_checkpointing": "training.gradient_checkpointing",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "save_steps": "training.save_steps",
+    "seed": "the pipeline's seed (training_seeds)",
+    "data_seed": "the pipeline's seed (training_seeds)",
+    "bf16": "the device (bf16 on GPUs that have it, fp32 on CPU)",
+    "fp16": "the device (bf16 on GPUs that have it, fp32 on CPU)",
+    "use_cpu": "the device",
+    "padding_free": "the pipeline (padding-free batches with per-example attention)",
+    "completion_only_loss": "the pipeline (loss on the response only)",
+    "logging_steps": "the pipeline (the loss of every step goes into training_metrics)",
+    "save_strategy": "the pipeline (checkpoints to resume from)",
+    "save_total_limit": "the pipeline (checkpoints to resume from)",
+    "report_to": "the pipeline (tracking: kedro-mlflow)",
+    "disable_tqdm": "the pipeline (its own progress bar)",
+    "include_num_input_tokens_seen": "the pipeline (tokens/s in training_metrics)",
+}
+
+
 class BaseModelParams(config.StrictModel):
     """Which chat model to fine-tune, at which revision, with which template if it has none."""
 
@@ -103,6 +136,11 @@ class TrainingParams(config.StrictModel):
     torch_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto", description="CPU threads; auto: the cores not busy; None: torch's default"
     )
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="any other option of TRL's SFTConfig (e.g. optim, use_liger_kernel, "
+        "dataloader_num_workers), passed through as given; TRL checks the values",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -119,7 +157,27 @@ class TrainingParams(config.StrictModel):
     def _check(self) -> TrainingParams:
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too short for a chat template")
+        if self.sft:
+            _check_sft_options(self.sft)
         return self
+
+
+def _check_sft_options(options: dict[str, Any]) -> None:
+    """Names only: an SFTConfig field the pipeline does not set itself (TRL checks the values
+    when the training node builds the config)."""
+    import dataclasses
+    import difflib
+
+    from trl import SFTConfig
+
+    fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+    for key in options:
+        if key in MANAGED_SFT_OPTIONS:
+            raise ValueError(f"sft.{key} is set by the pipeline from {MANAGED_SFT_OPTIONS[key]}: set that instead")
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"sft.{key} is not an option of trl.SFTConfig{hint}")
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

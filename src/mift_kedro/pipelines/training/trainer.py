@@ -1,28 +1,32 @@
-"""transformers' Trainer, made to pay only for useful work on small batches of chat examples.
+"""TRL's ``SFTTrainer``, as the training pipeline runs it.
 
-Two changes, both measured by ``benchmarks/bench_training.py``:
+TRL does the data work and the loss: it renders the conversational prompt/completion rows
+through the tokenizer's chat template (the same one generation uses), masks the prompt
+(completion-only loss), flattens each batch into one padding-free row with the examples'
+boundaries (``padding_free=True``), and its fused LM head projects only the positions that
+have a label. :class:`VariantSFTTrainer` adds what the project measured or needs:
 
-* **Padding-free batches.** :class:`transformers.DataCollatorWithFlattening` concatenates a
-  batch into one row with ``position_ids`` restarting at each example; transformers turns
-  those into a block-diagonal attention mask, so no token is padding and no example sees
-  another.
-* **Logits only where there is a loss.** The forward gets ``logits_to_keep`` = the positions
-  whose next token is a response token, so the LM head (49k x 576 for SmolLM2, a fifth of
-  the model) runs on a few tokens per example instead of all of them.
-
-The loss is the mean cross-entropy over the response tokens of the whole optimizer step
-(all accumulation micro-batches and all processes), as transformers' own causal-LM loss.
+* **Attention per example** in padding-free batches (:func:`packed_sdpa_attention`, reading
+  the boundaries TRL's collator passes as ``cu_seq_lens_q``): transformers' SDPA path turns a
+  flattened row into a block-diagonal mask and computes every pair of tokens.
+* **The overlong policy**: examples longer than ``training.max_length`` are dropped or
+  truncated, and counted (``data_report``), instead of TRL's silent truncation.
+* **LoRA weights in the compute dtype**: TRL casts QLoRA adapters to bf16 (the QLoRA paper's
+  bf16 compute); on the CPU compute is fp32, so they stay fp32 there.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+logger = logging.getLogger(__name__)
 
 #: Attention implementation for padding-free batches: SDPA run per example.
 PACKED_ATTENTION = "mift_packed_sdpa"
@@ -58,38 +62,52 @@ def register_packed_attention() -> str:
     return PACKED_ATTENTION
 
 
-def packed_collator() -> Any:
-    """Padding-free batches with the example boundaries that :func:`packed_sdpa_attention` reads."""
-    from transformers import DataCollatorWithFlattening
+def fit_length(dataset: Any, max_length: int, overlong: str) -> tuple[Any, dict[str, int]]:
+    """Drop (``overlong: drop``) or truncate (``truncate``) tokenized examples longer than
+    ``max_length``; a truncated example left without a response token is dropped too.
 
-    return DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+    Returns the dataset and the counts, so nothing is lost silently.
+    """
+    examples_in = len(dataset)
+    too_long = sum(len(ids) > max_length for ids in dataset["input_ids"])
+    if overlong == "truncate" and too_long:
+        dataset = dataset.map(lambda ex: {k: ex[k][:max_length] for k in ("input_ids", "labels")})
+    dataset = dataset.filter(
+        lambda ex: len(ex["input_ids"]) <= max_length and any(t != -100 for t in ex["labels"][1:])
+    )
+    dropped = examples_in - len(dataset)
+    report = {
+        "examples_in": examples_in,
+        "dropped_overlong": dropped,
+        "truncated": too_long - dropped if overlong == "truncate" else 0,
+        "examples": len(dataset),
+    }
+    if not len(dataset):
+        raise ValueError(
+            f"No training example fits training.max_length={max_length}: raise it, or set "
+            "training.overlong: truncate."
+        )
+    return dataset, report
 
 
-class CompletionOnlyTrainer(Trainer):
-    """A Trainer whose loss computes logits at response positions only."""
+class VariantSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` with the overlong policy on its tokenized data and LoRA weights kept in
+    the compute dtype; ``data_report`` counts what the policy dropped or truncated."""
 
-    # `compute_loss` divides by the step's response-token count, so it is already scaled for
-    # gradient accumulation.
-    loss_is_scaled_for_ga = True
+    def __init__(self, *args: Any, max_length: int, overlong: str, **kwargs: Any) -> None:
+        self.length_policy = (max_length, overlong)
+        self.data_report: dict[str, int] = {}
+        super().__init__(*args, **kwargs)
+        compute = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+        for param in self.model.parameters():
+            if param.requires_grad and param.dtype != compute:
+                param.data = param.data.to(compute)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        targets = labels[:, 1:]  # position t predicts token t + 1
-        rows, cols = (targets != -100).nonzero(as_tuple=True)
-        if labels.shape[0] != 1:
-            raise ValueError("CompletionOnlyTrainer expects flattened (padding-free) batches")
-        outputs = model(**inputs, logits_to_keep=cols, use_cache=False)
-        logits = outputs.logits[0].float()
-        loss = F.cross_entropy(logits, targets[rows, cols], reduction="sum")
-        if num_items_in_batch is None:
-            num_items_in_batch = max(len(cols), 1) * getattr(
-                self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps
-            )
-        loss = loss / num_items_in_batch
-        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-            # num_items_in_batch counts every process's tokens, and DDP averages gradients
-            loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        dataset = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        if dataset_name == "train":
+            dataset, self.data_report = fit_length(dataset, *self.length_policy)
+        return dataset
 
 
 class TrainingProgress(TrainerCallback):
