@@ -21,7 +21,6 @@ from pydantic import (
 
 from mift_kedro import config, models
 
-
 #: SFTConfig options the pipeline sets itself: the project parameter that controls each, or why
 #: the pipeline fixes it. ``training.sft`` may set any other SFTConfig option.
 MANAGED_SFT_OPTIONS = {
