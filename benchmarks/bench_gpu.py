@@ -216,7 +216,7 @@ def matmul_peak(device: str, dtype: Any, seconds: float) -> dict[str, Any]:
     if not device.startswith("cuda"):
         from bench_training import matmul_peak as cpu_peak
 
-        return {"dtype": str(dtype).removeprefix("torch."), "flops_per_s": cpu_peak(torch.get_num_threads(), seconds) * 1e9}
+        return {"dtype": str(dtype).removeprefix("torch."), "flops_per_s": cpu_peak(torch.get_num_threads(), seconds, dtype) * 1e9}
     best, sizes = 0.0, (4096, 8192, 16384)
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)

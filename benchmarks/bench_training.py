@@ -11,13 +11,15 @@ process; the configurations are interleaved and repeated (``--repeats``, default
   ``padding_free=True`` (no padding), completion-only loss, ``loss_type="nll"`` (fused LM
   head), ``max_length=None``, no gradient checkpointing; SDPA attention (transformers' default).
 * ``trl-defaults``: SFTTrainer with its remaining defaults (padded batches, gradient
-  checkpointing on).
+  checkpointing on), fp32.
+* ``project-bf16`` and ``trl-best-bf16``: the same two with bf16 autocast (fp32 weights), for
+  CPUs with bf16 matmul units (``training.sft: {bf16: true}`` in the pipeline; TRL's default).
 * ``before`` (with ``--before <commit>``): the same measurement by that commit's
   ``benchmarks/bench_training.py --runs project``, in a temporary git worktree — the trainer
   the project had then (e.g. 466140b: transformers' Trainer, own tokenization and collation).
 
 Reported per configuration: useful tokens/s (tokens of real examples; padding excluded), model
-FLOP/s, and their share of this machine's fp32 matmul peak, measured before and after with the
+FLOP/s, and their share of this machine's matmul peak in the run's precision (fp32 or bf16), measured before and after with the
 same threads (the higher is used). Model FLOPs per example count what LoRA training of a
 frozen base needs: forward (2 N) and input-gradient backward (2 N) through the decoder's linear
 layers, 6 N for the LoRA weights, causal attention, and the LM head only at the tokens with a
@@ -51,14 +53,16 @@ from mift_kedro.threads import use_cpu_threads  # noqa: E402
 
 ROOT = common.ROOT
 SEED = 42
+#: The strongest plain-TRL configuration found for this data on a CPU.
+TRL_BEST = {"padding_free": True, "max_length": None, "loss_type": "nll", "activation_checkpointing": False}
 
 
-def matmul_peak(threads: int, seconds: float = 3.0) -> float:
-    """Best fp32 GFLOP/s of square matmuls on this machine, with ``threads`` threads."""
+def matmul_peak(threads: int, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of square matmuls in ``dtype`` on this machine, with ``threads`` threads."""
     torch.set_num_threads(threads)
     best = 0.0
     for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         reps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
@@ -105,16 +109,64 @@ def bench_params(threads: int, steps: int):
     })
 
 
-def run_project(ref, frame, params, tmp) -> float:
+class StepProfiler(TrainerCallback):
+    """torch.profiler over the optimizer steps after the first."""
+
+    def __init__(self) -> None:
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.steps = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.steps == 1:
+            self.profiler.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.profiler.__exit__(None, None, None)
+
+
+def run_project(ref, frame, params, tmp, callback: TrainerCallback | None = None) -> float:
     setup = nodes.training_setup(params)
     model = nodes.model_with_adapter(ref, params, SEED, setup)
     timer = StepTimer()
     trainer = nodes.build_trainer(
         model, models.load_tokenizer(ref), nodes.training_data(frame), params, Path(tmp) / "project",
-        SEED, setup, "project", callbacks=[timer],
+        SEED, setup, "project", callbacks=[timer, *([callback] if callback else [])],
     )
     trainer.train()
     return timer.seconds()
+
+
+#: Where the time of a training step goes, by operator (self CPU time; backward ops included).
+PROFILE_GROUPS = {
+    "matmul (linear layers, LoRA, LM head)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention (SDPA kernels)": ("scaled_dot_product", "flash_attention"),
+    "optimizer (AdamW)": ("_foreach", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt"),
+}
+
+
+def profile_project(ref, frame, params, tmp) -> list[str]:
+    """One more project run under torch.profiler: the share of step time per operator group,
+    and the top operators."""
+    profiler = StepProfiler()
+    run_project(ref, frame, params, tmp, profiler)
+    events = [e for e in profiler.profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {group: 0.0 for group in PROFILE_GROUPS}
+    for event in events:
+        group = next((g for g, keys in PROFILE_GROUPS.items() if any(k in event.key for k in keys)), None)
+        if group:
+            shares[group] += event.self_cpu_time_total / total
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    rest = 1 - sum(shares.values())
+    return [
+        "Profile of the project's timed steps (torch.profiler, self CPU time): "
+        + ", ".join(f"{g} {v:.0%}" for g, v in shares.items())
+        + f", everything else (elementwise ops, copies, casts, Python and framework overhead) {rest:.0%}. "
+        + "Top operators: " + ", ".join(f"{e.key} {e.self_cpu_time_total / total:.0%}" for e in top) + ".",
+    ]
 
 
 def run_trl(ref, frame, params, tmp, **overrides) -> float:
@@ -122,6 +174,7 @@ def run_trl(ref, frame, params, tmp, **overrides) -> float:
     from trl import SFTConfig, SFTTrainer
 
     model = models.load_causal_lm(ref, device="cpu")
+    settings = {"max_length": params.max_length, "bf16": False, **overrides}  # fp32 unless asked
     config = SFTConfig(
         output_dir=str(Path(tmp) / "trl"),
         max_steps=params.max_steps,
@@ -129,15 +182,13 @@ def run_trl(ref, frame, params, tmp, **overrides) -> float:
         learning_rate=params.learning_rate,
         lr_scheduler_type=params.lr_scheduler,
         warmup_steps=params.warmup_ratio,
-        max_length=params.max_length,
-        bf16=False,  # the same precision as the project: fp32 on CPU
         use_cpu=True,
         seed=SEED,
         train_sampling_strategy="sequential",
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        **overrides,
+        **settings,
     )
     lora = LoraConfig(
         r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
@@ -171,9 +222,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps (plus one warm-up)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", default="auto", help="CPU threads for every run, or auto")
-    parser.add_argument("--runs", default="project,trl-best,trl-defaults")
+    parser.add_argument("--runs", default="project,trl-best,trl-defaults,project-bf16,trl-best-bf16")
     parser.add_argument("--before", help="a commit whose trainer to measure too (its bench_training.py)")
     parser.add_argument("--out", help="the record's path (default docs/results/bench/training.json)")
+    parser.add_argument("--profile", action="store_true", help="also profile one project run (torch.profiler)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from datasets.utils.logging import disable_progress_bar
@@ -183,6 +235,7 @@ def main() -> None:
     threads = use_cpu_threads(args.threads if args.threads == "auto" else int(args.threads))
     steps = args.steps + 1
     params = bench_params(threads, steps)
+    bf16_params = params.model_copy(update={"sft": {**params.sft, "bf16": True}})
     ref = common.model_ref()
     tokenizer = models.load_tokenizer(ref)
     frame = common.latest_model_input(f"{args.variant}/training_set.jsonl")
@@ -202,17 +255,16 @@ def main() -> None:
     useful = sum(len(e["input_ids"]) for e in timed)
     common.say(f"threads={threads} batch={params.batch_size} LoRA r={params.lora.r} "
                f"({lora_params / 1e6:.2f} M trainable) variant={args.variant}: {useful} timed tokens")
-    peak = matmul_peak(threads)
-    common.say(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
+    peaks = {"fp32": matmul_peak(threads), "bf16": matmul_peak(threads, dtype=torch.bfloat16)}
+    common.say(f"matmul peak: {peaks['fp32']:.1f} GFLOP/s fp32, {peaks['bf16']:.1f} bf16")
 
     with tempfile.TemporaryDirectory() as tmp:
         runners = {
             "project": lambda: run_project(ref, frame, params, tmp),
-            "trl-best": lambda: run_trl(
-                ref, frame, params, tmp, padding_free=True, max_length=None, loss_type="nll",
-                gradient_checkpointing=False,
-            ),
+            "trl-best": lambda: run_trl(ref, frame, params, tmp, **TRL_BEST),
             "trl-defaults": lambda: run_trl(ref, frame, params, tmp),
+            "project-bf16": lambda: run_project(ref, frame, bf16_params, tmp),
+            "trl-best-bf16": lambda: run_trl(ref, frame, params, tmp, **{**TRL_BEST, "bf16": True}),
         }
         runners = {name: runners[name] for name in args.runs.split(",")}
         if args.before:
@@ -223,23 +275,28 @@ def main() -> None:
             runners["before"] = lambda: run_before(worktree, steps, threads, args.variant)
         try:
             seconds = common.interleaved(runners, args.repeats)
+            profile = profile_project(ref, frame, params, tmp) if args.profile else []
         finally:
             if args.before:
                 subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
-    later = matmul_peak(threads)
-    common.say(f"fp32 matmul peak measured again: {later:.1f} GFLOP/s")
-    peak = max(peak, later)
+    # the machine may be quieter now: the higher peak (the harder target)
+    peaks = {"fp32": max(peaks["fp32"], matmul_peak(threads)),
+             "bf16": max(peaks["bf16"], matmul_peak(threads, dtype=torch.bfloat16))}
+    common.say(f"matmul peak, the higher of two measurements: {peaks['fp32']:.1f} GFLOP/s fp32, {peaks['bf16']:.1f} bf16")
 
     labels = {
         "project": "project (pipeline: SFTTrainer, padding-free, attention per example)",
         "trl-best": "TRL SFTTrainer: padding_free, completion-only, nll, max_length=None, no checkpointing",
         "trl-defaults": "TRL SFTTrainer: remaining defaults (padded, gradient checkpointing)",
         "before": f"the trainer of commit {args.before} (transformers Trainer, own collation)",
+        "project-bf16": "project with training.sft.bf16: true (bf16 autocast, fp32 weights)",
+        "trl-best-bf16": "TRL, the best configuration above with bf16=True (TRL's default precision)",
     }
     rates = {name: [useful / s for s in values] for name, values in seconds.items()}
     rows = []
     for name, values in rates.items():
         gflops = [flops / s / 1e9 for s in seconds[name]]
+        peak = peaks["bf16" if name.endswith("bf16") else "fp32"]
         rows.append(common.row(
             labels[name], values, rates.get("project") if name != "project" else None,
             model_gflops_per_s=common.spread(gflops),
@@ -247,23 +304,28 @@ def main() -> None:
         ))
         common.say(f"{name:13s} useful tokens/s min {min(values):.1f} median {sorted(values)[len(values) // 2]:.1f} "
                    f"max {max(values):.1f}; of peak {max(gflops) / peak:.0%} best")
-    project_share = common.spread([flops / s / 1e9 / peak for s in seconds["project"]]) if "project" in seconds else None
+    shares = {
+        name: common.spread([flops / s / 1e9 / peaks["bf16" if name.endswith("bf16") else "fp32"] for s in values])
+        for name, values in seconds.items() if name.startswith("project")
+    }
     common.write_record("training", {
         "title": "LoRA training throughput",
         "machine": common.machine(threads),
         "repeats": args.repeats,
         "unit": "useful tokens/s",
-        "peak_gflops": round(peak, 1),
+        "peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
         "cases": [{
             "case": f"{args.variant}, {len(timed)} examples in {args.steps} timed steps of {params.batch_size}",
             "rows": rows,
             "checks": "same examples, order, batch, LoRA and precision (fp32) in every configuration",
         }],
         "notes": [
-            f"fp32 matmul peak {peak:.1f} GFLOP/s with {threads} thread(s), measured before and after "
-            "(the higher). The project runs at "
-            + (f"{project_share['min']:.0%} / {project_share['median']:.0%} / {project_share['max']:.0%} "
-               "(min / median / max) of it." if project_share else "n/a."),
+            f"Matmul peak with {threads} thread(s), measured before and after (the higher): "
+            f"{peaks['fp32']:.1f} GFLOP/s fp32, {peaks['bf16']:.1f} GFLOP/s bf16. Model FLOP/s as a share of "
+            "the peak of the run's precision (min / median / max): "
+            + "; ".join(f"{name} {v['min']:.0%} / {v['median']:.0%} / {v['max']:.0%}" for name, v in shares.items())
+            + ".",
+            *profile,
         ],
     }, args.out)
 

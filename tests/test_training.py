@@ -141,7 +141,11 @@ def test_loss_is_the_mean_over_response_tokens_only(tiny_model_dir, tmp_path):
 def test_sft_options_pass_through_to_trl_and_bad_ones_name_the_key(tiny_model_dir, tmp_path):
     trainer = tiny_trainer(tiny_model_dir, tmp_path, sentiment_rows(4), sft={"optim": "sgd", "adam_beta1": 0.8})
     assert (trainer.args.optim, trainer.args.adam_beta1) == ("sgd", 0.8)
-    assert (trainer.args.padding_free, trainer.args.completion_only_loss) == (True, True)
+    assert (trainer.args.padding_free, trainer.args.completion_only_loss, trainer.args.bf16) == (True, True, False)
+    # a default of the pipeline's may be overridden: bf16 autocast on the CPU, fp32 LoRA weights
+    autocast = tiny_trainer(tiny_model_dir, tmp_path / "bf16", sentiment_rows(4), sft={"bf16": True})
+    assert autocast.args.bf16 and autocast.accelerator.mixed_precision == "bf16"
+    assert {p.dtype for p in autocast.model.parameters() if p.requires_grad} == {torch.float32}
     with pytest.raises(config.ParameterError, match=r"sft\.optm is not an option of trl\.SFTConfig \(did you mean optim"):
         training_params(tiny_training(tmp_path), {"sft": {"optm": "sgd"}})
     with pytest.raises(config.ParameterError, match=r"sft\.learning_rate is set by the pipeline from training\.learning_rate"):

@@ -163,8 +163,6 @@ def sft_config(
             warmup_steps=params.warmup_ratio,
             weight_decay=params.weight_decay,
             max_grad_norm=params.max_grad_norm,
-            bf16=dtype == torch.bfloat16,
-            fp16=dtype == torch.float16,
             use_cpu=device == "cpu",
             activation_checkpointing=gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
@@ -181,8 +179,9 @@ def sft_config(
             disable_tqdm=True,  # TrainingProgress draws the bar
             include_num_input_tokens_seen="all",  # padding-free batches: every token is useful
             ddp_find_unused_parameters=False,
-            dataloader_num_workers=0,
-            **params.sft,
+            # defaults that training.sft may override
+            **{"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "dataloader_num_workers": 0,
+               **params.sft},
         )
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"training.sft is not a valid SFTConfig: {exc}") from exc
@@ -285,6 +284,7 @@ def build_trainer(
         callbacks=[TrainingProgress(name), *(callbacks or [])],
         max_length=params.max_length,
         overlong=params.overlong,
+        compute_dtype=models.compute_dtype(setup.device),
     )
     trainer.remove_callback(PrinterCallback)
     report = trainer.data_report

@@ -22,7 +22,9 @@ from pydantic import (
 from mift_kedro import config, models
 
 #: SFTConfig options the pipeline sets itself: the project parameter that controls each, or why
-#: the pipeline fixes it. ``training.sft`` may set any other SFTConfig option.
+#: the pipeline fixes it. ``training.sft`` may set any other SFTConfig option, and override the
+#: pipeline's defaults for the others (``bf16``/``fp16``: by device, e.g. ``sft: {bf16: true}``
+#: for bf16 autocast on a CPU that has bf16 matmul units).
 MANAGED_SFT_OPTIONS = {
     "output_dir": "training.checkpoint_dir",
     "num_train_epochs": "training.epochs",
@@ -40,8 +42,6 @@ MANAGED_SFT_OPTIONS = {
     "save_steps": "training.save_steps",
     "seed": "the pipeline's seed (training_seeds)",
     "data_seed": "the pipeline's seed (training_seeds)",
-    "bf16": "the device (bf16 on GPUs that have it, fp32 on CPU)",
-    "fp16": "the device (bf16 on GPUs that have it, fp32 on CPU)",
     "use_cpu": "the device",
     "padding_free": "the pipeline (padding-free batches with per-example attention)",
     "completion_only_loss": "the pipeline (loss on the response only)",

@@ -11,8 +11,9 @@ have a label. :class:`VariantSFTTrainer` adds what the project measured or needs
   flattened row into a block-diagonal mask and computes every pair of tokens.
 * **The overlong policy**: examples longer than ``training.max_length`` are dropped or
   truncated, and counted (``data_report``), instead of TRL's silent truncation.
-* **LoRA weights in the compute dtype**: TRL casts QLoRA adapters to bf16 (the QLoRA paper's
-  bf16 compute); on the CPU compute is fp32, so they stay fp32 there.
+* **LoRA weights in the base weights' compute dtype**: TRL casts QLoRA adapters to bf16 (the
+  QLoRA paper's bf16 compute on GPUs); on the CPU the weights are fp32, so the adapters stay
+  fp32 there (master weights; ``training.sft.bf16: true`` adds bf16 autocast).
 """
 
 from __future__ import annotations
@@ -92,16 +93,16 @@ def fit_length(dataset: Any, max_length: int, overlong: str) -> tuple[Any, dict[
 
 class VariantSFTTrainer(SFTTrainer):
     """``SFTTrainer`` with the overlong policy on its tokenized data and LoRA weights kept in
-    the compute dtype; ``data_report`` counts what the policy dropped or truncated."""
+    ``compute_dtype`` (the base weights'); ``data_report`` counts what the policy dropped or
+    truncated."""
 
-    def __init__(self, *args: Any, max_length: int, overlong: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_length: int, overlong: str, compute_dtype: Any, **kwargs: Any) -> None:
         self.length_policy = (max_length, overlong)
         self.data_report: dict[str, int] = {}
         super().__init__(*args, **kwargs)
-        compute = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
         for param in self.model.parameters():
-            if param.requires_grad and param.dtype != compute:
-                param.data = param.data.to(compute)
+            if param.requires_grad and param.dtype != compute_dtype:
+                param.data = param.data.to(compute_dtype)
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         dataset = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
