@@ -7,15 +7,15 @@ through the pipeline's own ``models.load_causal_lm(path, "4bit")`` (NF4, double 
 bf16 compute). The pipeline's ``nodes.add_lora`` adds LoRA with ``conf/llama2``'s settings
 (r=64 on seven projections; ``prepare_model_for_kbit_training`` with gradient checkpointing),
 and ``nodes.batch_plan`` gives one GPU's micro-batch and accumulation (4 x 12 = 48 sequences
-per optimizer step). Training batches are random token ids with the prompt and completion
+per optimizer step). Training examples are random token ids with the prompt and completion
 lengths of the templated llama2 training data (``benchmarks/llama2_token_lengths.json``,
-written by ``--write-lengths``), right-padded, with the loss on completion tokens only.
+written by ``--write-lengths``), with the loss on completion tokens only.
 
-A step is timed in a plain torch loop, not through the pipeline's trainer (being moved onto
-TRL): bf16 autocast as the Trainer's ``bf16=True`` does, ``model(**batch)`` with labels -100
-outside completions (logits at every position), ``loss.backward()`` per micro-batch, gradient
-clipping at ``training.max_grad_norm`` and ``torch.optim.AdamW`` (constant learning rate) on
-the LoRA weights. Model FLOPs per example are ``bench_training.flops_per_example`` (forward
+Steps are timed through the training pipeline's own trainer (``nodes.build_trainer``: TRL's
+SFTTrainer with padding-free batches, its fused LM head at loss tokens, the pipeline's
+per-example attention, bf16 on the GPU, the llama2 optimizer settings), on a dataset that is
+already token ids (TRL uses it as it is; a three-token tokenizer supplies the padding id).
+Model FLOPs per example are ``bench_training.flops_per_example`` (forward
 and input-gradient backward through the frozen base, 6 N for the LoRA weights, causal
 attention, the LM head at loss tokens; gradient checkpointing's recomputation not counted);
 MFU is their rate over the dense matmul peak measured first, in the same run and dtype.
@@ -170,19 +170,29 @@ class Examples:
         return taken
 
 
-def training_batch(lengths: list[tuple[int, int]], vocab: int, generator: Any) -> dict[str, Any]:
-    """Random token ids of these lengths, right-padded; labels only on completion tokens."""
+def id_tokenizer() -> Any:
+    """A tokenizer for data that is already token ids: TRL reads only its special tokens
+    (padding). No Llama tokenizer is at hand offline, and none is needed for random ids."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>",
+    )
+
+
+def training_examples(lengths: list[tuple[int, int]], vocab: int, generator: Any) -> list[dict[str, list[int]]]:
+    """Random token ids of these (prompt, completion) lengths, tokenized as TRL's data preparation
+    leaves them: ``input_ids`` and a ``completion_mask`` (TRL uses such a dataset as it is)."""
     import torch
 
-    width = max(p + c for p, c in lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for row, (p, c) in enumerate(lengths):
-        ids[row, : p + c] = torch.randint(3, vocab, (p + c,), generator=generator)
-        mask[row, : p + c] = 1
-        labels[row, p : p + c] = ids[row, p : p + c]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return [
+        {"input_ids": torch.randint(3, vocab, (p + c,), generator=generator).tolist(), "completion_mask": [0] * p + [1] * c}
+        for p, c in lengths
+    ]
 
 
 def prompt_batch(lengths: list[int], vocab: int, generator: Any) -> dict[str, Any]:
@@ -265,53 +275,40 @@ def save_random_model(config: dict[str, Any], directory: Path, device: str) -> N
     del model
 
 
-def train(model: Any, params: Any, plan: Any, stream: Examples, vocab: int, device: str,
-          warmup: int, steps: int) -> dict[str, Any]:
-    """``warmup`` untimed then ``steps`` timed optimizer steps of ``plan``'s micro-batches."""
+def train(model: Any, params: Any, setup: Any, stream: Examples, vocab: int, workdir: Path,
+          warmup: int, steps: int) -> tuple[Any, dict[str, Any]]:
+    """``warmup`` untimed then ``steps`` timed optimizer steps of the training pipeline's own
+    trainer (``nodes.build_trainer``: TRL's SFTTrainer, padding-free batches, the LM head at
+    loss tokens, attention per example), examples in order."""
     import torch
+    from bench_training import StepTimer
+    from datasets import Dataset
 
-    from mift_kedro import models
+    from mift_kedro.pipelines.training import nodes
 
-    dtype = models.compute_dtype(device)
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    lora_params = sum(p.numel() for p in trainable)
-    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+    plan = setup.batches
+    per_step = plan.per_process_batch_size * plan.gradient_accumulation_steps
+    lengths = stream.take(per_step * (warmup + steps))
     generator = torch.Generator().manual_seed(SEED)
+    dataset = Dataset.from_list(training_examples(lengths, vocab, generator))
+    params = params.model_copy(update={
+        "max_steps": warmup + steps, "save_steps": 10**6,
+        "sft": {**params.sft, "train_sampling_strategy": "sequential"},
+    })
+    timer = StepTimer(skip=warmup)
+    trainer = nodes.build_trainer(model, id_tokenizer(), dataset, params, workdir / "trainer", SEED, setup, "bench_gpu",
+                                  callbacks=[timer])
+    trainer.train()
+    timed = lengths[per_step * warmup:]
     cfg = model.get_base_model().config
-    model.train()
-    losses, totals = [], {"sequences": 0, "tokens": 0, "completion_tokens": 0, "padded_tokens": 0, "model_flops": 0.0}
-    start = None
-    for step in range(warmup + steps):
-        if step == warmup:
-            sync(device)
-            start = time.perf_counter()
-        step_loss = 0.0
-        for _ in range(plan.gradient_accumulation_steps):
-            lengths = stream.take(plan.per_process_batch_size)
-            batch = {k: v.to(device) for k, v in training_batch(lengths, vocab, generator).items()}
-            with autocast:
-                loss = model(**batch, use_cache=False).loss / plan.gradient_accumulation_steps
-            loss.backward()
-            step_loss += loss.detach()
-            if step >= warmup:
-                totals["sequences"] += len(lengths)
-                totals["tokens"] += sum(p + c for p, c in lengths)
-                totals["completion_tokens"] += sum(c for _, c in lengths)
-                totals["padded_tokens"] += batch["input_ids"].numel()
-                totals["model_flops"] += sum(flops_per_example(cfg, lora_params, p + c, c) for p, c in lengths)
-        torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(step_loss))
-        log(f"step {step + 1}/{warmup + steps}{' (warm-up)' if step < warmup else ''}: loss {losses[-1]:.4f}")
-    sync(device)
-    seconds = time.perf_counter() - start
-    return {
-        "warmup_steps": warmup, "timed_steps": steps, **totals, "seconds": round(seconds, 3),
-        "lora_parameters": lora_params, "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
+    lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return trainer.model, {
+        "warmup_steps": warmup, "timed_steps": steps, "sequences": len(timed),
+        "tokens": sum(p + c for p, c in timed), "completion_tokens": sum(c for _, c in timed),
+        "model_flops": sum(flops_per_example(cfg, lora_params, p + c, c) for p, c in timed),
+        "seconds": round(timer.seconds(), 3), "lora_parameters": lora_params,
+        "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
     }
 
 
@@ -347,6 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from mift_kedro import models
     from mift_kedro.pipelines.training import nodes
+    from mift_kedro.pipelines.training.trainer import register_packed_attention
     from mift_kedro.threads import use_cpu_threads
 
     phases: dict[str, float] = {}
@@ -367,9 +365,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = use_cpu_threads(1 if args.tiny else params.torch_threads, device)
     # "auto" means on for GPUs: this benchmark is the GPU path, so --tiny keeps it on too
     checkpointing = True if params.gradient_checkpointing == "auto" else params.gradient_checkpointing
-    plan = nodes.batch_plan(params, 1)
+    setup = nodes.training_setup(params)._replace(gradient_checkpointing=checkpointing, threads=threads)
     if args.accumulation:
-        plan = plan._replace(gradient_accumulation_steps=args.accumulation)
+        setup = setup._replace(batches=setup.batches._replace(gradient_accumulation_steps=args.accumulation))
+    plan = setup.batches
     config = TINY if args.tiny else LLAMA2_7B
     vocab = config["vocab_size"]
     lengths, lengths_info = example_lengths(args.variant, params.max_length)
@@ -385,9 +384,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reset_peak_memory(device)
         model = models.load_causal_lm(str(model_dir), params.quantization, device)
         phase("load_4bit")
+        model.set_attn_implementation(register_packed_attention())  # as nodes.model_with_adapter
         model = nodes.add_lora(model, params, SEED, checkpointing)
         phase("add_lora")
-        training = train(model, params, plan, Examples(lengths, SEED), vocab, device, args.warmup, args.steps)
+        model, training = train(model, params, setup, Examples(lengths, SEED), vocab, Path(tmp), args.warmup, args.steps)
         training["peak_memory_bytes"] = peak_memory(device)
         phase("training")
         model.save_pretrained(adapter_dir)
@@ -433,12 +433,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sequences_per_optimizer_step": plan.per_process_batch_size * plan.gradient_accumulation_steps,
             "max_length": params.max_length,
             "gradient_checkpointing": checkpointing,
-            "attention": "sdpa",
-            "batches": "padded (right-padded micro-batches, attention mask); loss on completion tokens only, "
-            "logits at every position",
-            "optimizer": f"torch AdamW lr={params.learning_rate} weight_decay={params.weight_decay}, constant "
-            f"learning rate, gradient clipping at {params.max_grad_norm}",
-            "loop": "plain torch loop (autocast in the compute dtype, as Trainer's bf16=True), not the pipeline's trainer",
+            "attention": "the pipeline's packed SDPA (per example)",
+            "batches": "padding-free (TRL), loss on completion tokens only, LM head at loss tokens only (TRL's fused head)",
+            "optimizer": f"the pipeline's: AdamW lr={params.learning_rate} ({params.lr_scheduler}), weight_decay="
+            f"{params.weight_decay}, gradient clipping at {params.max_grad_norm}",
+            "loop": "the training pipeline's trainer (nodes.build_trainer: TRL SFTTrainer)",
         },
         "lengths": lengths_info,
         "matmul_peak": peak,
@@ -447,11 +446,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tokens_per_s": training["tokens"] / seconds,
             "completion_tokens_per_s": training["completion_tokens"] / seconds,
             "sequences_per_s": sequences_per_s,
-            "padding_share": 1 - training["tokens"] / training["padded_tokens"],
             "model_flops_per_s": flops_per_s,
             "mfu": flops_per_s / peak["flops_per_s"],
-            "flops_counting": "benchmarks/bench_training.py flops_per_example over the real tokens: padding, "
-            "gradient checkpointing's recomputation and logits outside loss tokens not counted",
+            "flops_counting": "benchmarks/bench_training.py flops_per_example over the real tokens: "
+            "gradient checkpointing's recomputation not counted",
             "computed_8000_examples_s": 8000 / sequences_per_s,
             "losses": [round(v, 4) for v in training["losses"]],
         },

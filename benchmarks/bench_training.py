@@ -73,10 +73,11 @@ def matmul_peak(threads: int, seconds: float = 3.0, dtype: torch.dtype = torch.f
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of the optimizer steps after the first."""
+    """Wall time of the optimizer steps after the first ``skip``."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip: int = 1) -> None:
         self.marks: list[float] = []
+        self.skip = skip
 
     def on_step_begin(self, args, state, control, **kwargs):
         if not self.marks:
@@ -86,7 +87,7 @@ class StepTimer(TrainerCallback):
         self.marks.append(time.perf_counter())
 
     def seconds(self) -> float:
-        return self.marks[-1] - self.marks[1]
+        return self.marks[-1] - self.marks[self.skip]
 
 
 def flops_per_example(cfg, lora_params: int, length: int, loss_tokens: int) -> float:
