@@ -116,7 +116,7 @@ def decode_step_ms(model: Any, rows: int, context: int, steps: int = 8) -> float
 
 
 def project_forward_seconds(model: Any, tokenizer: Any, prompts: list, max_new_tokens: int) -> dict[str, float]:
-    """Seconds of one project run: in all, and in its forward passes (timed by hooks): the
+    """Seconds (and ``answer_tokens``) of one project run: in all, and in its forward passes (timed by hooks): the
     prefill (the shared prefix once, each prompt's own tokens) and the decode steps (one new
     token for every row still answering). These tokens are what any exact method computes."""
     seconds, started = {"prefill": 0.0, "decode": 0.0}, []
@@ -132,8 +132,9 @@ def project_forward_seconds(model: Any, tokenizer: Any, prompts: list, max_new_t
              model.register_forward_hook(after, with_kwargs=True)]
     try:
         start = time.perf_counter()
-        generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH, progress=False)
+        answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH, progress=False)
         seconds["total"] = time.perf_counter() - start
+        seconds["answer_tokens"] = sum(a.completion_tokens for a in answers)
     finally:
         for hook in hooks:
             hook.remove()
@@ -186,20 +187,14 @@ def main() -> None:
         rates = {c: [len(prompts) / seconds for seconds, _ in runs] for c, runs in results.items()}
         rows = [common.row("project", rates["project"])]
         rows += [common.row(c, r, rates["project"]) for c, r in rates.items() if c != "project"]
-        answer_tokens = sum(g.completion_tokens for g in generate(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH, progress=False))
-        cases.append({
-            "case": f"{name} ({len(prompts)} prompts, {max_new_tokens} new tokens)",
-            "checks": f"outputs identical to the project's: {', '.join(checks[1:])}; {answer_tokens} answer tokens",
-            "rows": rows,
-        })
-
-        # The ceiling, measured: decode per row at batch 1 vs 16, and the project's decode share.
+        # The ceiling, measured: decode per row at batch 1 vs 16, and the project's forward passes.
         context = round(statistics.mean(len(tokenize_prompt(tokenizer, render_prompt(tokenizer, p))) for p in prompts))
         one, sixteen = decode_step_ms(model, 1, context), decode_step_ms(model, BATCH, context)
         spent = project_forward_seconds(model, tokenizer, prompts, max_new_tokens)
         floor = spent["prefill"] + spent["decode"]
-        pipeline_s = statistics.median(len(prompts) / r for r in rates[f"pipeline, batch_size={BATCH}"])
+        batched = f"pipeline, batch_size={BATCH}"
+        up = {r["config"]: r["project_speedup"]["median"] for r in rows[1:]}
+        pipeline_s = statistics.median(len(prompts) / r for r in rates[batched])
         one_s = statistics.median(len(prompts) / r for r in rates["pipeline, one by one"])
         notes.append(
             f"{name}, ceiling (measured): one decode step over {context} tokens takes {one:.1f} ms at batch 1 and "
@@ -208,8 +203,17 @@ def main() -> None:
             f"shared prefix once and each prompt's own tokens; decode {spent['decode']:.2f} s: one token per row "
             "still answering), tokens any exact method computes; at these per-token costs no method runs this "
             f"case more than {pipeline_s / floor:.2f}x faster than pipeline(batch_size={BATCH}) or "
-            f"{one_s / floor:.1f}x faster than one by one (their median times)."
+            f"{one_s / floor:.1f}x faster than one by one (their median times). Goals >= 6x one by one and >= 1.5x "
+            f"pipeline(batch_size={BATCH}): measured {up['pipeline, one by one']:.2f}x and {up[batched]:.2f}x "
+            "(medians), " + ("both met." if up["pipeline, one by one"] >= 6 and up[batched] >= 1.5 else
+                             "not both met here; the ceiling above says how far they are reachable on this machine.")
         )
+        cases.append({
+            "case": f"{name} ({len(prompts)} prompts, {max_new_tokens} new tokens)",
+            "checks": f"outputs identical to the project's: {', '.join(checks[1:])}; {spent['answer_tokens']:.0f} "
+                      "answer tokens",
+            "rows": rows,
+        })
         common.say(rows_text(cases[-1]))
         common.say(notes[-1])
 
