@@ -83,7 +83,8 @@ def generate(
     """Answer each conversation prompt; results come back in the order of ``prompts``.
 
     Batches group prompts of similar token length (sorted, stable), are left-padded so that
-    every row's last prompt token sits at the same position, and decode with the KV cache.
+    every row's last prompt token sits at the same position, and decode with the KV cache
+    (the prefill in groups of similar length, :func:`_prefill`, so little padding is computed).
     A row stops at the end-of-turn token and leaves the batch there (:func:`_decode`): its
     input, mask, positions and KV cache rows are dropped, so a finished answer costs nothing
     while the longer ones go on. ``completion_tokens`` counts the generated tokens up to and
