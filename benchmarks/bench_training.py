@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -272,7 +273,9 @@ def main() -> None:
             worktree = Path(tmp) / "before"
             subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
                            check=True, cwd=ROOT, capture_output=True)
-            (worktree / "data").symlink_to(ROOT / "data")
+            inputs = worktree / "data/05_model_input"  # the same training set as this checkout's
+            shutil.rmtree(inputs, ignore_errors=True)
+            inputs.symlink_to(ROOT / "data/05_model_input")
             runners["before"] = lambda: run_before(worktree, steps, threads, args.variant)
         try:
             seconds = common.interleaved(runners, args.repeats)

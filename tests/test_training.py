@@ -127,7 +127,9 @@ def test_loss_is_the_mean_over_response_tokens_only(tiny_model_dir, tmp_path):
     batch = trainer.data_collator(examples)
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # padding-free
     assert batch["cu_seq_lens_q"].tolist()[-1] == sum(len(e["input_ids"]) for e in examples)
-    loss = trainer.compute_loss(model, dict(batch))
+    loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    response_tokens = int((batch["labels"][0, 1:] != -100).sum())
+    assert outputs.logits.shape[:2] == (1, response_tokens)  # the LM head ran at the response only
 
     total, count = 0.0, 0
     model.get_base_model().set_attn_implementation("sdpa")

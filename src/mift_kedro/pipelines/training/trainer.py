@@ -6,6 +6,11 @@ through the tokenizer's chat template (the same one generation uses), masks the 
 boundaries (``padding_free=True``), and its fused LM head projects only the positions that
 have a label. :class:`VariantSFTTrainer` adds what the project measured or needs:
 
+* **The LM head at response positions, without extras**: TRL's fused head also computes each
+  position's entropy and top-1 accuracy (logged metrics); on this data that made a training
+  step ~40% slower than ``logits_to_keep`` at the labelled positions plus cross-entropy
+  (measured, ``benchmarks/bench_training.py``), so :meth:`VariantSFTTrainer.compute_loss`
+  does the latter. Same loss: the mean over the step's response tokens.
 * **Attention per example** in padding-free batches (:func:`packed_sdpa_attention`, reading
   the boundaries TRL's collator passes as ``cu_seq_lens_q``): transformers' SDPA path turns a
   flattened row into a block-diagonal mask and computes every pair of tokens.
@@ -92,9 +97,9 @@ def fit_length(dataset: Any, max_length: int, overlong: str) -> tuple[Any, dict[
 
 
 class VariantSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` with the overlong policy on its tokenized data and LoRA weights kept in
-    ``compute_dtype`` (the base weights'); ``data_report`` counts what the policy dropped or
-    truncated."""
+    """``SFTTrainer`` with the overlong policy on its tokenized data, LoRA weights kept in
+    ``compute_dtype`` (the base weights') and the loss computed at response positions only;
+    ``data_report`` counts what the policy dropped or truncated."""
 
     def __init__(self, *args: Any, max_length: int, overlong: str, compute_dtype: Any, **kwargs: Any) -> None:
         self.length_policy = (max_length, overlong)
@@ -103,6 +108,23 @@ class VariantSFTTrainer(SFTTrainer):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != compute_dtype:
                 param.data = param.data.to(compute_dtype)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Cross-entropy of the response tokens, logits computed at their positions only."""
+        labels = inputs.pop("labels")
+        if labels.shape[0] != 1:
+            raise ValueError("VariantSFTTrainer expects padding-free batches (one row per batch)")
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        rows, cols = (targets != -100).nonzero(as_tuple=True)
+        outputs = model(**inputs, logits_to_keep=cols, use_cache=False)
+        loss = torch.nn.functional.cross_entropy(outputs.logits[0].float(), targets[rows, cols], reduction="sum")
+        if num_items_in_batch is None:
+            steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+            num_items_in_batch = max(len(cols), 1) * steps
+        loss = loss / num_items_in_batch
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            loss = loss * self.accelerator.num_processes  # num_items_in_batch counts all ranks; DDP averages
+        return (loss, outputs) if return_outputs else loss
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         dataset = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
