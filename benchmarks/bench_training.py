@@ -293,42 +293,53 @@ def main() -> None:
         "trl-best": "TRL SFTTrainer: padding_free, completion-only, nll, max_length=None, no checkpointing",
         "trl-defaults": "TRL SFTTrainer: remaining defaults (padded, gradient checkpointing)",
         "before": f"the trainer of commit {args.before} (transformers Trainer, own collation)",
-        "project-bf16": "project with training.sft.bf16: true (bf16 autocast, fp32 weights)",
-        "trl-best-bf16": "TRL, the best configuration above with bf16=True (TRL's default precision)",
+        "project-bf16": "project, training.sft.bf16: true (fp32 weights)",
+        "trl-best-bf16": "TRL at its best (as above), bf16=True (TRL's default precision)",
     }
     rates = {name: [useful / s for s in values] for name, values in seconds.items()}
-    rows = []
-    for name, values in rates.items():
-        gflops = [flops / s / 1e9 for s in seconds[name]]
-        peak = peaks["bf16" if name.endswith("bf16") else "fp32"]
-        rows.append(common.row(
-            labels[name], values, rates.get("project") if name != "project" else None,
-            model_gflops_per_s=common.spread(gflops),
-            fraction_of_peak=common.spread([g / peak for g in gflops]),
-        ))
-        common.say(f"{name:13s} useful tokens/s min {min(values):.1f} median {sorted(values)[len(values) // 2]:.1f} "
-                   f"max {max(values):.1f}; of peak {max(gflops) / peak:.0%} best")
+    examples = f"{args.variant}, {len(timed)} examples in {args.steps} timed steps of {params.batch_size}"
+    cases = []
+    for precision, reference in (("fp32", "project"), ("bf16 autocast", "project-bf16")):
+        names = [n for n in rates if n.endswith("bf16") == (precision != "fp32")]
+        rows = []
+        for name in names:
+            gflops = [flops / s / 1e9 for s in seconds[name]]
+            peak = peaks["bf16" if name.endswith("bf16") else "fp32"]
+            rows.append(common.row(
+                labels[name], rates[name], rates.get(reference) if name != reference else None,
+                model_gflops_per_s=common.spread(gflops), fraction_of_peak=common.spread([g / peak for g in gflops]),
+            ))
+            common.say(f"{name:13s} useful tokens/s min {min(rates[name]):.1f} max {max(rates[name]):.1f}; "
+                       f"of peak {max(gflops) / peak:.0%} best")
+        if rows:
+            cases.append({
+                "case": f"{examples}, {precision}", "rows": rows,
+                "checks": f"same examples, order, batch, LoRA settings and precision ({precision}) in every "
+                f"configuration; speed-up against {reference}",
+            })
     shares = {
         name: common.spread([flops / s / 1e9 / peaks["bf16" if name.endswith("bf16") else "fp32"] for s in values])
         for name, values in seconds.items() if name.startswith("project")
     }
+    gain = []
+    if {"project", "project-bf16"} <= rates.keys():
+        g = common.spread([b / f for b, f in zip(rates["project-bf16"], rates["project"], strict=True)])
+        gain.append("bf16 autocast against fp32, the project's own rate repeat by repeat (min / median / max): "
+                    f"{g['min']:.2f}x / {g['median']:.2f}x / {g['max']:.2f}x.")
     common.write_record("training", {
         "title": "LoRA training throughput",
         "machine": common.machine(threads),
         "repeats": args.repeats,
         "unit": "useful tokens/s",
         "peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
-        "cases": [{
-            "case": f"{args.variant}, {len(timed)} examples in {args.steps} timed steps of {params.batch_size}",
-            "rows": rows,
-            "checks": "same examples, order, batch, LoRA and precision (fp32) in every configuration",
-        }],
+        "cases": cases,
         "notes": [
             f"Matmul peak with {threads} thread(s), measured before and after (the higher): "
             f"{peaks['fp32']:.1f} GFLOP/s fp32, {peaks['bf16']:.1f} GFLOP/s bf16. Model FLOP/s as a share of "
             "the peak of the run's precision (min / median / max): "
             + "; ".join(f"{name} {v['min']:.0%} / {v['median']:.0%} / {v['max']:.0%}" for name, v in shares.items())
             + ".",
+            *gain,
             *profile,
         ],
     }, args.out)
