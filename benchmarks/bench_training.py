@@ -145,7 +145,7 @@ def run_project(ref, frame, params, tmp, callback: TrainerCallback | None = None
 PROFILE_GROUPS = {
     "matmul (linear layers, LoRA, LM head)": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
     "attention (SDPA kernels)": ("scaled_dot_product", "flash_attention"),
-    "optimizer (AdamW)": ("_foreach", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt"),
+    "optimizer (AdamW)": ("_foreach", "_fused_adam", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt"),
 }
 
 
