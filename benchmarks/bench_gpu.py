@@ -12,7 +12,7 @@ lengths of the templated llama2 training data (``benchmarks/llama2_token_lengths
 written by ``--write-lengths``), with the loss on completion tokens only.
 
 Steps are timed through the training pipeline's own trainer (``nodes.build_trainer``: TRL's
-SFTTrainer with padding-free batches, its fused LM head at loss tokens, the pipeline's
+SFTTrainer with padding-free batches, the LM head at loss tokens only, the pipeline's
 per-example attention, bf16 on the GPU, the llama2 optimizer settings), on a dataset that is
 already token ids (TRL uses it as it is; a three-token tokenizer supplies the padding id).
 Model FLOPs per example are ``bench_training.flops_per_example`` (forward
@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": params.max_length,
             "gradient_checkpointing": checkpointing,
             "attention": "the pipeline's packed SDPA (per example)",
-            "batches": "padding-free (TRL), loss on completion tokens only, LM head at loss tokens only (TRL's fused head)",
+            "batches": "padding-free (TRL), loss on completion tokens only, LM head at loss tokens only",
             "optimizer": f"the pipeline's: AdamW lr={params.learning_rate} ({params.lr_scheduler}), weight_decay="
             f"{params.weight_decay}, gradient clipping at {params.max_grad_norm}",
             "loop": "the training pipeline's trainer (nodes.build_trainer: TRL SFTTrainer)",

@@ -6,7 +6,8 @@ embedded SmolLM2-135M in fp32, on the same both_instructions examples in the sam
 process; the configurations are interleaved and repeated (``--repeats``, default 5):
 
 * ``project``: the pipeline's own steps (``nodes.model_with_adapter`` + ``nodes.build_trainer``):
-  TRL's SFTTrainer with padding-free batches, its fused LM head, attention per example.
+  TRL's SFTTrainer with padding-free batches, the LM head at response positions only (its
+  own loss, without TRL's per-token metrics), attention per example.
 * ``trl-best``: the strongest plain TRL configuration found for this data on a CPU:
   ``padding_free=True`` (no padding), completion-only loss, ``loss_type="nll"`` (fused LM
   head), ``max_length=None``, no gradient checkpointing; SDPA attention (transformers' default).

@@ -1,7 +1,8 @@
 """The one place where a model's chat template turns conversations into text and tokens.
 
-Training and generation both call :func:`render_example` / :func:`render_prompt`, so a
-model sees exactly the same prompt in both. The format comes from the tokenizer's own
+Generation renders prompts with :func:`render_prompt`; training lets TRL apply the same
+tokenizer template to the whole conversation, which :func:`tokenize_example` states in full
+(the tests check that TRL's token ids equal it), so a model sees exactly the same prompt in both. The format comes from the tokenizer's own
 chat template (ChatML for SmolLM2, ``[INST]`` for Llama-2-chat): nothing here knows a model.
 """
 

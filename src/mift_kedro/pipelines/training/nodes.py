@@ -298,11 +298,11 @@ def build_trainer(
 
 
 def log_plan(
-    trainer: Any, name: str, num_examples: int, data_report: dict[str, int], params: TrainingParams,
-    setup: Setup, resume_from: str | None,
+    trainer: Any, name: str, params: TrainingParams, setup: Setup, resume_from: str | None,
 ) -> None:
     """What is about to happen, in one line; and whether the checkpoint already finished it."""
-    args = trainer.args
+    args, data_report = trainer.args, trainer.data_report
+    num_examples = data_report["examples"]
     steps = args.max_steps if args.max_steps > 0 else _steps(trainer, num_examples)
     logger.info(
         "[%s] training on %d examples (%d dropped as too long), %d steps of %d sequences "
@@ -359,15 +359,14 @@ def train_adapter(
     output_dir, resume_from = checkpoint_location(params, spec, seed, base_model, training_set, setup)
     model = model_with_adapter(base_model, params, seed, setup)
     trainer = build_trainer(model, tokenizer, dataset, params, output_dir, seed, setup, name, callbacks)
-    data_report = trainer.data_report
-    log_plan(trainer, name, data_report["examples"], data_report, params, setup, resume_from)
+    log_plan(trainer, name, params, setup, resume_from)
 
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     wall_time = time.perf_counter() - start
 
     metrics = training_metrics(
-        trainer.state, result.metrics, wall_time, name, params, data_report,
+        trainer.state, result.metrics, wall_time, name, params, trainer.data_report,
         base_model=base_model, seed=seed, device=setup.device, batches=setup.batches,
         threads=setup.threads, resumed_from=resume_from, checkpoint_dir=output_dir,
     )

@@ -1,10 +1,9 @@
 """TRL's ``SFTTrainer``, as the training pipeline runs it.
 
-TRL does the data work and the loss: it renders the conversational prompt/completion rows
-through the tokenizer's chat template (the same one generation uses), masks the prompt
-(completion-only loss), flattens each batch into one padding-free row with the examples'
-boundaries (``padding_free=True``), and its fused LM head projects only the positions that
-have a label. :class:`VariantSFTTrainer` adds what the project measured or needs:
+TRL does the data work: it renders the conversational prompt/completion rows through the
+tokenizer's chat template (the same one generation uses), masks the prompt (completion-only
+loss) and flattens each batch into one padding-free row with the examples' boundaries
+(``padding_free=True``). :class:`VariantSFTTrainer` adds what the project measured or needs:
 
 * **The LM head at response positions, without extras**: TRL's fused head also computes each
   position's entropy and top-1 accuracy (logged metrics); on this data that made a training
