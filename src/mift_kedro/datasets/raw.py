@@ -153,3 +153,157 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{type(self).__name__} is read-only")
+
+
+#: Readers of local source files, by suffix.
+READERS = {
+    ".jsonl": read_jsonl,
+    ".json": read_jsonl,
+    ".csv": lambda path: pd.read_csv(path, keep_default_na=False),
+    ".tsv": lambda path: pd.read_csv(path, sep="\t", keep_default_na=False),
+    ".parquet": pd.read_parquet,
+}
+#: The Hub's Parquet conversion of a dataset repository (what a script-only repository falls back to).
+PARQUET_REVISION = "refs/convert/parquet"
+#: Text of the Hub's error for a repository that only has a loading script.
+SCRIPT_ONLY_MARKERS = ("dataset scripts are no longer supported", "trust_remote_code", "loading script")
+
+
+def _source_spec(name: str) -> dict[str, Any]:
+    from mift_kedro import config
+
+    sources = config._active_parameters().get("sources") or {}
+    if name not in sources:
+        raise DatasetError(f"no source {name!r} under `sources` in parameters: declare it there")
+    return sources[name]
+
+
+class SourceDataset(HubOrLocalDataset):
+    """Every split of one configured source (``sources.<source>`` in parameters) as a dict
+    ``{split: DataFrame}`` of its rows as stored.
+
+    A source with ``hub`` loads the Hub dataset (``id``, ``config``, ``revision``, ``data_files``,
+    ``splits``: split -> Hub split) unless ``MIFT_DATA_DIR`` is set; otherwise it reads its
+    ``files`` (split -> JSONL, CSV, TSV or Parquet file). A relative file path is looked up in
+    ``MIFT_DATA_DIR`` first, then in the project directory. A declared ``holdout`` split missing
+    from the data is carved, seeded, out of another split. A Hub repository that only has a
+    loading script is read from its Parquet conversion (``refs/convert/parquet``).
+    """
+
+    def __init__(  # noqa: PLR0913
+        self,
+        *,
+        source: str,
+        spec: dict[str, Any] | None = None,
+        local_dir: str | None = None,
+        project_dir: str | None = None,
+        timeout: float = 5.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        from mift_kedro.pipelines.data_engineering.params import source_spec
+
+        self._name = source
+        self._spec = source_spec(spec if spec is not None else _source_spec(source))
+        hub_spec = self._spec.hub
+        super().__init__(
+            hub_id=hub_spec.id if hub_spec else "", hub_split="", local_path="", columns=[],
+            revision=hub_spec.revision if hub_spec else None, local_dir=local_dir, timeout=timeout,
+            metadata=metadata,
+        )
+        self._project_dir = Path(project_dir) if project_dir else Path.cwd()
+
+    def _uses_hub(self) -> bool:
+        return self._spec.hub is not None and not (self._data_dir() and self._spec.files)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"source": self._name, "hub": self._uses_hub(), "data_dir": self._data_dir()}
+
+    def hub_repo(self) -> hub.HubRepo | None:
+        return hub.HubRepo(self._spec.hub.id, "dataset", self._spec.hub.revision) if self._uses_hub() else None
+
+    def _exists(self) -> bool:
+        return not self._uses_hub() and all(self._path(s, p).is_file() for s, p in self._spec.files.items())
+
+    def _path(self, split: str, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute():
+            return candidate
+        data_dir = self._data_dir()
+        if data_dir and (Path(data_dir) / candidate).is_file():
+            return Path(data_dir) / candidate
+        return self._project_dir / candidate
+
+    def load(self) -> dict[str, pd.DataFrame]:
+        splits = self._load_hub() if self._uses_hub() else self._load_files()
+        holdout = self._spec.holdout
+        if holdout is not None and holdout.split not in splits:
+            if holdout.from_split not in splits:
+                raise DatasetError(
+                    f"sources.{self._name}.holdout.from: no split {holdout.from_split!r} to carve "
+                    f"{holdout.split!r} from (splits: {list(splits)})"
+                )
+            whole = splits[holdout.from_split]
+            if holdout.size >= len(whole):
+                raise DatasetError(
+                    f"sources.{self._name}.holdout.size: {holdout.size} rows to hold out of the "
+                    f"{len(whole)} of split {holdout.from_split!r}; lower it"
+                )
+            self._holdout = {"size": holdout.size, "seed": holdout.seed, "part": "test"}
+            splits[holdout.split] = self._holdout_part(whole).reset_index(drop=True)
+            self._holdout["part"] = "train"
+            splits[holdout.from_split] = self._holdout_part(whole).reset_index(drop=True)
+        return splits
+
+    def _load_files(self) -> dict[str, pd.DataFrame]:
+        splits = {}
+        for split, name in self._spec.files.items():
+            path = self._path(split, name)
+            reader = READERS.get("".join(path.suffixes[-1:]).lower())
+            if reader is None:
+                raise DatasetError(
+                    f"sources.{self._name}.files.{split}: {path.name} is not one of "
+                    f"{sorted(READERS)}; convert it or rename it with its format's suffix"
+                )
+            if not path.is_file():
+                where = f"{DATA_DIR_ENV}={self._data_dir()} or " if self._data_dir() else ""
+                raise DatasetError(
+                    f"sources.{self._name}.files.{split}: {name} not found (looked in {where}"
+                    f"{self._project_dir}); give an absolute path or a path relative to the project"
+                )
+            splits[split] = reader(path)
+            logger.info("Loaded %d rows from %s", len(splits[split]), path)
+        return splits
+
+    def _load_hub(self) -> dict[str, pd.DataFrame]:
+        self._check_hub_reachable()
+        spec = self._spec.hub
+        try:
+            loaded = self._hub_splits(spec.revision)
+        except Exception as exc:  # the Hub's errors vary; name the offline way out
+            if not any(marker in str(exc) for marker in SCRIPT_ONLY_MARKERS):
+                raise DatasetError(
+                    f"Could not load {spec.id} from the Hub: {exc}. To work offline give "
+                    f"`sources.{self._name}.files` and set {DATA_DIR_ENV}=<dir>."
+                ) from exc
+            logger.warning("%s has only a loading script: reading its Parquet conversion", spec.id)
+            try:
+                loaded = self._hub_splits(PARQUET_REVISION)
+            except Exception as retry:
+                raise DatasetError(
+                    f"{spec.id} has only a loading script and no Parquet conversion on the Hub ({retry}); "
+                    f"download its data files and give them as `sources.{self._name}.files`"
+                ) from retry
+        logger.info("Loaded %s from the Hub: %s at revision %s",
+                    {s: len(f) for s, f in loaded.items()}, spec.id, spec.revision or "main (not pinned)")
+        return loaded
+
+    def _hub_splits(self, revision: str | None) -> dict[str, pd.DataFrame]:
+        import datasets
+
+        spec = self._spec.hub
+        return {
+            split: datasets.load_dataset(
+                spec.id, spec.config, split=hub_split, revision=revision, data_files=spec.data_files
+            ).to_pandas()
+            for split, hub_split in spec.splits.items()
+        }
