@@ -17,23 +17,45 @@ from mift_kedro.config import ParameterError, variant_spec
 from mift_kedro.datasets import HubOrLocalDataset, read_jsonl
 from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines.data_engineering import nodes
+from mift_kedro.pipelines.data_engineering.params import source_spec
 
-TEMPLATE = {"instruction": "Classify the tweet.", "labels": {0: "negative", 1: "positive"}}
+SENTIMENT = {
+    "kind": "classification", "files": {"train": "twitter_sentiment/train.jsonl"},
+    "fields": {"text": "text", "label": "feeling"}, "labels": {0: "negative", 1: "positive"},
+    "template": "Classify the tweet.\n\n{text}",
+}
+ALPACA = {"kind": "instruction", "files": {"train": "alpaca/train.jsonl"}}
+SOURCES = {"sentiment": SENTIMENT, "alpaca": ALPACA}
+
+
+def clean_tweets(raw: pd.DataFrame, name: str = "t") -> pd.DataFrame:
+    return nodes.classification_pool(raw, source_spec(SENTIMENT), name)
+
+
+def clean_alpaca(raw: pd.DataFrame) -> pd.DataFrame:
+    return nodes.instruction_pool(raw, source_spec(ALPACA), "alpaca")
+
+
+def mix(sentiment_pool, alpaca_pool, variant, seed, evals=()):
+    return nodes.mix_training_set(
+        variant, seed, SOURCES, sentiment_pool, alpaca_pool, *evals,
+        pools=["sentiment", "alpaca"], evals=[f"e{i}" for i in range(len(evals))],
+    )
 
 
 @pytest.fixture(scope="module")
 def tweets(shared_data) -> pd.DataFrame:
-    return nodes.clean_tweets(read_jsonl(shared_data / "twitter_sentiment" / "train.jsonl"))
+    return read_jsonl(shared_data / "twitter_sentiment" / "train.jsonl")
 
 
 @pytest.fixture(scope="module")
 def sentiment_pool(tweets) -> pd.DataFrame:
-    return nodes.template_sentiment(tweets, TEMPLATE)
+    return clean_tweets(tweets, "sentiment")
 
 
 @pytest.fixture(scope="module")
 def alpaca_pool(shared_data) -> pd.DataFrame:
-    return nodes.template_alpaca(nodes.clean_alpaca(read_jsonl(shared_data / "alpaca" / "train.jsonl")))
+    return clean_alpaca(read_jsonl(shared_data / "alpaca" / "train.jsonl"))
 
 
 # --- reading raw data --------------------------------------------------------------------
@@ -51,8 +73,8 @@ def test_missing_column_is_named(tmp_path):
     path.write_text('{"text": "ok"}\n')
     with pytest.raises(ValueError, match=r"missing column\(s\) \['feeling'\]"):
         read_jsonl(path, ["text", "feeling"])
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['feeling'\]"):
-        nodes.clean_tweets(pd.DataFrame({"text": ["ok"]}))
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['feeling'\].*sources\.t\.fields"):
+        clean_tweets(pd.DataFrame({"text": ["ok"]}))
 
 
 def test_local_dataset_reads_mift_data_dir(shared_data, monkeypatch):
@@ -108,26 +130,28 @@ def test_hub_holdout_is_deterministic_and_disjoint():
 def test_clean_tweets_drops_and_logs_bad_rows(caplog):
     raw = pd.DataFrame(
         {
-            "text": ["good day", "  ", None, "bad label", "string label", "good day", "I &quot;love&quot; it"],
-            "feeling": [1, 0, 1, 2, "1", 1, 1],
+            "text": ["good day", "  ", None, "no label", "string label", "good day", "I &quot;love&quot; it"],
+            "feeling": [1, 0, 1, None, "0", 1, 1.0],
         }
     )
     with caplog.at_level(logging.WARNING):
-        clean = nodes.clean_tweets(raw, name="t")
-    assert clean["text"].tolist() == ["good day", 'I "love" it']
-    assert clean["feeling"].tolist() == [1, 1]
+        clean = clean_tweets(raw, name="t")
+    assert clean["text"].tolist() == ["good day", "string label", 'I "love" it']
+    assert clean["label"].tolist() == [1, 0, 1]  # "0" and 1.0 are the map's labels 0 and 1
     messages = caplog.text
-    assert "dropped 2 row(s) with empty or non-string text" in messages
-    assert "dropped 2 row(s) with a label not in {0, 1}" in messages
+    assert "dropped 2 row(s) with empty or non-string `text`" in messages
+    assert "dropped 1 row(s) with no `feeling`" in messages
     assert "dropped 1 row(s) with duplicate text" in messages
+    with pytest.raises(ParameterError, match=r"sources\.t\.labels: the data has label\(s\) \['2'\]"):
+        clean_tweets(pd.DataFrame({"text": ["a", "b"], "feeling": [1, 2]}))
 
 
 def test_clean_alpaca_drops_empty_outputs_of_the_real_sample(shared_data, caplog):
     raw = read_jsonl(shared_data / "alpaca" / "train.jsonl")
     with caplog.at_level(logging.WARNING):
-        clean = nodes.clean_alpaca(raw)
+        clean = clean_alpaca(raw)
     assert len(clean) == len(raw) - 3  # the three empty outputs of the source
-    assert "dropped 3 row(s) with empty output" in caplog.text
+    assert "dropped 3 row(s) with empty `output`" in caplog.text
 
 
 # --- templating --------------------------------------------------------------------------
@@ -135,8 +159,10 @@ def test_clean_alpaca_drops_empty_outputs_of_the_real_sample(shared_data, caplog
 
 def test_template_sentiment_is_a_conversation(tweets, sentiment_pool):
     row = sentiment_pool.iloc[0]
-    assert row["prompt"] == [{"role": "user", "content": f"Classify the tweet.\n\n{tweets['text'].iloc[0]}"}]
+    text = " ".join(tweets["text"].iloc[0].split())  # whitespace runs collapsed
+    assert row["prompt"] == [{"role": "user", "content": f"Classify the tweet.\n\n{text}"}]
     expected = "positive" if tweets["feeling"].iloc[0] == 1 else "negative"
+    assert row["text"] == text
     assert row["completion"] == [{"role": "assistant", "content": expected}]
     assert set(sentiment_pool["completion"].map(lambda m: m[0]["content"])) == {"positive", "negative"}
     assert sentiment_pool["id"].is_unique
@@ -157,43 +183,43 @@ CUSTOM = {"display_name": "FT-CustomOnly", "budget": 100, "mix": {"sentiment": 1
 
 
 def test_mix_ratios_budget_and_balance(sentiment_pool, alpaca_pool):
-    mixed, report = nodes.mix_training_set(sentiment_pool, alpaca_pool, BOTH, seed=1)
+    mixed, report = mix(sentiment_pool, alpaca_pool, BOTH, seed=1)
     assert len(mixed) == 101 == report["examples"]
     assert report["by_source"] in ({"alpaca": 50, "sentiment": 51}, {"alpaca": 51, "sentiment": 50})
-    labels = report["sentiment_by_label"]
+    labels = report["by_label"]["sentiment"]
     assert abs(labels["0"] - labels["1"]) <= 1
-    custom, custom_report = nodes.mix_training_set(sentiment_pool, alpaca_pool, CUSTOM, seed=1)
+    custom, custom_report = mix(sentiment_pool, alpaca_pool, CUSTOM, seed=1)
     assert custom_report["by_source"] == {"sentiment": 100}
-    assert custom_report["sentiment_by_label"] == {"0": 50, "1": 50}
+    assert custom_report["by_label"] == {"sentiment": {"0": 50, "1": 50}}
+    assert custom_report["removed_eval_overlap"] == {"sentiment": 0}
     assert mixed["id"].is_unique and custom["id"].is_unique
 
 
 def test_mix_is_deterministic_under_the_seed(sentiment_pool, alpaca_pool):
-    first, _ = nodes.mix_training_set(sentiment_pool, alpaca_pool, BOTH, seed=3)
-    again, _ = nodes.mix_training_set(sentiment_pool, alpaca_pool, BOTH, seed=3)
-    other, _ = nodes.mix_training_set(sentiment_pool, alpaca_pool, BOTH, seed=4)
+    first, _ = mix(sentiment_pool, alpaca_pool, BOTH, seed=3)
+    again, _ = mix(sentiment_pool, alpaca_pool, BOTH, seed=3)
+    other, _ = mix(sentiment_pool, alpaca_pool, BOTH, seed=4)
     assert first["id"].tolist() == again["id"].tolist()
     assert set(first["id"]) != set(other["id"])
 
 
 def test_same_seed_gives_nested_sentiment_subsets(sentiment_pool, alpaca_pool):
     """A smaller sentiment share is a subset of a larger one: variants differ only by the mix."""
-    custom, _ = nodes.mix_training_set(sentiment_pool, alpaca_pool, {**CUSTOM, "budget": 100}, seed=5)
-    both, _ = nodes.mix_training_set(sentiment_pool, alpaca_pool, {**BOTH, "budget": 100}, seed=5)
+    custom, _ = mix(sentiment_pool, alpaca_pool, {**CUSTOM, "budget": 100}, seed=5)
+    both, _ = mix(sentiment_pool, alpaca_pool, {**BOTH, "budget": 100}, seed=5)
     assert set(both.loc[both["source"] == "sentiment", "id"]) <= set(custom["id"])
 
 
 def test_budget_larger_than_the_data_is_an_error(sentiment_pool, alpaca_pool):
     too_big = {**BOTH, "budget": 2 * (len(alpaca_pool) + 10)}
     with pytest.raises(ValueError, match=r"only .* are available; lower the `budget` of variant 'FT-BothInstruction' \(`variants\.<name>\.budget`\)"):
-        nodes.mix_training_set(sentiment_pool, alpaca_pool, too_big, seed=0)
+        mix(sentiment_pool, alpaca_pool, too_big, seed=0)
 
 
 @pytest.mark.parametrize(
     ("mix", "message"),
     [
         ({"sentiment": 1.5, "alpaca": -0.5}, r"must lie in \[0, 1\]"),
-        ({"sentiment": 0.5, "wikipedia": 0.5}, "unknown source 'wikipedia'"),
         ({"sentiment": 0.5, "alpaca": 0.4}, "must sum to 1"),
     ],
 )
@@ -216,30 +242,39 @@ def test_project_parameters_validate_and_errors_name_the_key():
 
 
 def test_eval_sets(sentiment_pool, alpaca_pool):
-    sentiment = nodes.build_sentiment_eval(sentiment_pool, {"size": 20}, seed=0)
+    def build_sentiment_eval(pool, spec, seed):
+        return nodes.build_eval_set(pool, spec, SENTIMENT, seed, "sentiment")
+
+    def build_alpaca_eval(pool, spec, seed):
+        return nodes.build_eval_set(pool, spec, ALPACA, seed, "alpaca")
+
+    sentiment = build_sentiment_eval(sentiment_pool, {"size": 20}, seed=0)
     assert len(sentiment) == 20 and sentiment["label"].value_counts().to_dict() == {0: 10, 1: 10}
-    assert len(nodes.build_alpaca_eval(alpaca_pool, {"size": 7}, seed=0)) == 7
-    assert len(nodes.build_alpaca_eval(alpaca_pool, {"size": None}, seed=0)) == len(alpaca_pool)
+    assert len(build_alpaca_eval(alpaca_pool, {"size": 7}, seed=0)) == 7
+    assert len(build_alpaca_eval(alpaca_pool, {"size": None}, seed=0)) == len(alpaca_pool)
     with pytest.raises(ValueError, match="evaluation set 'alpaca' is empty"):
-        nodes.build_alpaca_eval(alpaca_pool.iloc[:0], {"size": 5}, seed=0)
-    with pytest.raises(ValueError, match="lower `eval_sets.sentiment.size`"):
-        nodes.build_sentiment_eval(sentiment_pool.iloc[:5], {"size": 10}, seed=0)
+        build_alpaca_eval(alpaca_pool.iloc[:0], {"size": 5}, seed=0)
+    with pytest.raises(ValueError, match="eval_sets.sentiment.size: 10 exceeds the 5 rows available; lower it"):
+        build_sentiment_eval(sentiment_pool.iloc[:5], {"size": 10}, seed=0)
     # enough rows, too few of one label for a balanced set: still the evaluation set's parameter
     lopsided = pd.concat([sentiment_pool[sentiment_pool["label"] == 1].iloc[:25],
                           sentiment_pool[sentiment_pool["label"] == 0].iloc[:5]])
     with pytest.raises(ValueError, match=r"\(label 0\): needs 10 examples but only 5 .*lower `eval_sets\.sentiment\.size`") as error:
-        nodes.build_sentiment_eval(lopsided, {"size": 20}, seed=0)
+        build_sentiment_eval(lopsided, {"size": 20}, seed=0)
     assert "budget" not in str(error.value)
 
 
 def test_out_of_sample_instructions_cover_ten_task_types():
     raw = pd.read_json(Path(__file__).parents[1] / "data/01_raw/out_of_sample_instructions.jsonl", lines=True, dtype=False)
-    evaluation = nodes.build_out_of_sample_eval(raw)
+    spec = {"kind": "instruction", "files": {"test": "x.jsonl"}, "fields": {"id": "id", "group": "task_type"}}
+    pool = nodes.instruction_pool(raw, source_spec(spec), "out_of_sample")
+    evaluation = nodes.build_eval_set(pool, {"size": None}, spec, 0, "out_of_sample")
     assert len(evaluation) == 10
     assert evaluation["source"].nunique() == 10
+    assert evaluation["id"].tolist() == [f"oos-{k:02d}" for k in range(1, 11)]
     assert all(m[0]["content"].strip() for m in evaluation["completion"])
     with pytest.raises(ValueError, match="'out_of_sample' is empty"):
-        nodes.build_out_of_sample_eval(raw.iloc[:0])
+        nodes.build_eval_set(pool.iloc[:0], {"size": None}, spec, 0, "out_of_sample")
 
 
 # --- the pipeline through Kedro ------------------------------------------------------------
@@ -277,7 +312,7 @@ def test_bad_parameters_fail_before_any_work(kedro_project):
     params.write_text("variants:\n  custom_only:\n    display_name: x\n    budget: 10\n    mix: {sentiment: 1.2}\n")
     with pytest.raises(ParameterError, match=r"must lie in \[0, 1\]"):
         _run(kedro_project)
-    assert not (kedro_project / "data" / "02_intermediate").exists()
+    assert not (kedro_project / "data" / "03_primary").exists()
 
 
 def test_offline_run_without_data_dir_fails_fast(kedro_project, monkeypatch):

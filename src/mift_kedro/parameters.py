@@ -17,7 +17,7 @@ from mift_kedro.pipelines.reporting.params import ReferenceStudyBlock, Reporting
 from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams
 
 #: Top-level parameter blocks and the schema of each, by the pipeline that reads them. The
-#: data_engineering keys (``seed``, ``variants``, ``templates``, ``eval_sets``) are validated
+#: data_engineering keys (``seed``, ``sources``, ``variants``, ``eval_sets``) are validated
 #: together by :class:`DataEngineeringParams`, and ``training_seeds`` by
 #: :func:`mift_kedro.config.training_seeds`.
 BLOCKS: dict[str, type[BaseModel]] = {
