@@ -27,6 +27,7 @@ from mift_kedro.hooks import (
     missing_inputs_message,
 )
 from mift_kedro.hub import HubUnreachableError
+from mift_kedro import config
 from mift_kedro.pipelines import data_engineering, reporting, training
 from mift_kedro.pipelines.data_engineering import nodes as de_nodes
 from mift_kedro.pipelines.training import nodes as training_nodes
@@ -38,7 +39,7 @@ def test_time_is_summed_per_pipeline_and_saved(caplog, tmp_path):
     catalog = DataCatalog({"pipeline_timings": JSONDataset(filepath=str(tmp_path / "timings.json"))})
     hooks = PipelineTimingHooks()
     hooks.before_pipeline_run({}, None, catalog)
-    clean = Node(de_nodes.clean_tweets, "a", "b", name="clean")
+    clean = Node(de_nodes.overlap_key, "a", "b", name="clean")
     train = Node(training_nodes.train_adapter, ["c", "d", "e", "f", "g"], ["h", "i"], name="train")
     for node in (clean, train, clean):
         hooks.before_node_run(node)
@@ -75,6 +76,7 @@ VARIANTS = ["custom_only", "both_instructions"]
 def _setup(env: str, *pipeline_names: str):
     """The project's catalog and parameters of ``env``, and its pipelines by name."""
     conf = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local", env=env)
+    config.set_active_config_loader(conf)  # as the hook does: the sources' datasets read their parameters
     catalog = DataCatalog.from_config(conf["catalog"])
     catalog["parameters"] = conf["parameters"]
     modules = {"data_engineering": data_engineering, "training": training, "reporting": reporting}
@@ -101,8 +103,8 @@ def test_preflight_offline_lists_every_missing_thing_in_one_error(offline_hub, m
     for expected in (
         f"base model NousResearch/Llama-2-7b-chat-hf (revision {LLAMA2_SHA}) [base_model]",
         f"hf download NousResearch/Llama-2-7b-chat-hf --revision {LLAMA2_SHA}",
-        "raw dataset carblacac/twitter-sentiment-analysis [tweets_raw_",
-        f"raw dataset tatsu-lab/alpaca (revision {ALPACA_SHA}) [alpaca_raw_",
+        "raw dataset carblacac/twitter-sentiment-analysis [sentiment_raw]",
+        f"raw dataset tatsu-lab/alpaca (revision {ALPACA_SHA}) [alpaca_raw]",
         "MIFT_DATA_DIR=<dir>",
         "BERTScore model roberta-large [reporting.bertscore.model_type]",
         "hf download roberta-large", "reporting.bertscore.model_type: null",

@@ -13,9 +13,16 @@ from mift_kedro.config import ParameterError
 from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines.reporting import create_pipeline, nodes, stats
 from mift_kedro.pipelines.reporting import metrics as M
-from mift_kedro.pipelines.reporting.params import reporting_params
+from mift_kedro.pipelines.reporting.params import check_eval_sets, reporting_params
 
 LABELS = {0: "negative", 1: "positive"}
+#: The default configuration's sources and evaluation sets, as scoring reads them.
+SOURCES = {
+    "sentiment": {"kind": "classification", "files": {"test": "t.jsonl"}, "fields": {"text": "text"}, "labels": LABELS},
+    "out_of_sample": {"kind": "instruction", "files": {"test": "o.jsonl"}},
+    "alpaca": {"kind": "instruction", "files": {"test": "a.jsonl"}},
+}
+EVAL_SETS = {"sentiment": {"table": "A"}, "out_of_sample": {"table": "B"}, "alpaca": {"table": "C"}}
 PARAMS = {
     "max_new_tokens": {"sentiment": 4, "out_of_sample": 16, "alpaca": 16},
     "bootstrap": {"resamples": 200, "confidence": 0.95},
@@ -216,8 +223,8 @@ def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
 
 def test_reporting_params_are_validated_with_the_key_named():
     assert reporting_params(PARAMS).batch_size == 16
-    with pytest.raises(ParameterError, match="max_new_tokens"):
-        reporting_params({"max_new_tokens": {"sentiment": 4}})
+    with pytest.raises(ParameterError, match=r"reporting\.max_new_tokens: .* \(missing \['alpaca'\], unknown \['x'\]\)"):
+        check_eval_sets({"max_new_tokens": {"sentiment": 4, "x": 2}}, ["sentiment", "alpaca"])
     with pytest.raises(ParameterError, match="batch_size"):
         reporting_params({**PARAMS, "batch_size": 0})
 
@@ -226,7 +233,7 @@ def test_reporting_block_is_registered_for_the_hook():
     base = {
         "seed": 1,
         "variants": {"v": {"display_name": "V", "budget": 4, "mix": {"sentiment": 1.0}}},
-        "templates": {"sentiment": {"instruction": "x", "labels": LABELS}},
+        "sources": {"sentiment": {**SOURCES["sentiment"], "files": {"train": "t.jsonl", "test": "t.jsonl"}}},
         "eval_sets": {"sentiment": {"size": 4}},
     }
     with pytest.raises(ParameterError, match="reporting"):
@@ -287,7 +294,7 @@ def fake_bertscore(monkeypatch):
 
 def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     predictions = _fixture_predictions()
-    scores = nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    scores = nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *predictions)
     assert len(scores) == 3 * (40 + 10 + 12)
     metrics = nodes.compute_metrics(scores, PARAMS, seed=7)
     sentiment = metrics[metrics["eval_set"] == "sentiment"].set_index(["model", "metric"])
@@ -303,7 +310,8 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     # study-comparable evaluate_* metrics a family of their own; the floor's resample count
     study = metrics["metric"].str.startswith("evaluate_")
     assert study.any()
-    for _, family in metrics.groupby(["eval_set", study]):
+    recall = metrics["metric"].str.startswith("recall[")  # each class's recall: a family of its own
+    for _, family in metrics.groupby(["eval_set", study, recall]):
         tested = family["p_value_vs_base"].notna()
         assert np.allclose(family.loc[tested, "p_holm_vs_base"], stats.holm(family.loc[tested, "p_value_vs_base"]))
         assert (family.loc[tested, "p_holm_vs_base"] >= family.loc[tested, "p_value_vs_base"]).all()
@@ -314,7 +322,7 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     assert {"Base", "FT-CustomOnly", "FT-BothInstruction", "FT-CustomOnly p_vs_base"} <= set(csv.columns)
     assert "FT-CustomOnly p_holm_vs_base" in csv.columns
     assert "| Metric | Base | FT-CustomOnly | FT-BothInstruction |" in markdown
-    shown = (metrics["eval_set"] == "sentiment") & ~study
+    shown = (metrics["eval_set"] == "sentiment") & ~study & ~recall
     tests = int(metrics.loc[shown, "p_value_vs_base"].notna().sum())
     assert f"family of the {tests} comparisons with the base model in this table" in markdown
     accuracy = markdown.split("| Accuracy |")[1].split("\n")[0]
@@ -350,7 +358,7 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
 def test_metrics_are_paired_on_the_common_examples(fake_bertscore):
     predictions = _fixture_predictions(12)
     predictions[1] = predictions[1].iloc[1:]  # one variant missed an example
-    scores = nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    scores = nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *predictions)
     metrics = nodes.compute_metrics(scores, PARAMS, seed=1)
     assert set(metrics.loc[metrics["eval_set"] == "sentiment", "n"]) == {11}
     assert not math.isnan(metrics.loc[metrics["model"] == "custom_only", "p_value_vs_base"].iloc[0])
@@ -369,7 +377,7 @@ def _project_parameters(env: str) -> dict:
 
 def test_study_comparison_sits_beside_the_run_and_stays_out_of_tables_a_b_c(fake_bertscore):
     predictions = _fixture_predictions()
-    scores = nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+    scores = nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *predictions)
     metrics = nodes.compute_metrics(scores, PARAMS, seed=7)
     alpaca = metrics[metrics["eval_set"] == "alpaca"].set_index(["model", "metric"])
     rows = scores[(scores["eval_set"] == "alpaca") & (scores["model"] == "base")]
@@ -418,12 +426,12 @@ def test_reference_study_parameters_are_checked():
 def test_llama2_generation_budgets_and_set_sizes():
     params = _project_parameters("llama2")
     assert reporting_params(params["reporting"]).max_new_tokens["sentiment"] >= 32
-    assert params["eval_sets"] == {"sentiment": {"size": 1000}, "out_of_sample": {"size": None},
-                                   "alpaca": {"size": 300}}
+    assert params["eval_sets"] == {"sentiment": {"size": 1000, "table": "A"}, "out_of_sample": {"size": None, "table": "B"},
+                                   "alpaca": {"size": 300, "table": "C"}}
     bertscore = params["reporting"]["bertscore"]
     assert (bertscore["model_type"], bertscore["num_layers"], bertscore["rescale_with_baseline"]) == (
         "roberta-large", 17, False)
-    assert _project_parameters("local")["eval_sets"]["sentiment"] == {"size": 200}  # the demo keeps its own
+    assert _project_parameters("local")["eval_sets"]["sentiment"] == {"size": 200, "table": "A"}  # the demo keeps its own
 
 
 # --- one set of base weights for every row ------------------------------------------------------
@@ -433,13 +441,13 @@ def test_scoring_refuses_models_generated_on_different_base_weights(fake_bertsco
     predictions = _fixture_predictions(6)
     predictions[2] = predictions[2].assign(base_quantization="none", base_dtype="float32", base_checksum="fedcba9876543210")
     with pytest.raises(ParameterError, match=r"reporting\.quantization") as error:
-        nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+        nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *predictions)
     assert "both_instructions: models/base (none, float32, checksum fedcba9876543210)" in str(error.value)
     predictions[2] = predictions[2].assign(base_quantization="4bit", base_dtype="bfloat16")
     with pytest.raises(ParameterError, match="point `base_model` at the base the adapters were trained on"):
-        nodes.score_predictions(PARAMS, {"labels": LABELS}, *predictions)
+        nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *predictions)
     with pytest.raises(ValueError, match="older version"):
-        nodes.score_predictions(PARAMS, {"labels": LABELS}, *[p.drop(columns="base_checksum") for p in predictions])
+        nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *[p.drop(columns="base_checksum") for p in predictions])
 
 
 def test_generation_quantization_follows_the_adapters_training():

@@ -16,6 +16,7 @@ from mift_kedro.config import ParameterError
 from mift_kedro.datasets import AdapterDataset
 from mift_kedro.pipelines.reporting import nodes
 from tests.conftest import tiny_llama
+from tests.test_reporting import EVAL_SETS, SOURCES
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 
@@ -137,5 +138,5 @@ def test_a_variant_on_another_base_is_refused_at_scoring(bases, tmp_path):
         elsewhere, a, *_frames(), PARAMS, 0, VARIANTS["v"], training, VARIANTS, model_name="v")
     assert set(variant["base_ref"]) == {b}
     with pytest.raises(ParameterError, match="point `base_model` at the base the adapters were trained on"):
-        nodes.score_predictions({"max_new_tokens": PARAMS["max_new_tokens"]}, {"labels": {0: "negative", 1: "positive"}},
+        nodes.score_predictions({"max_new_tokens": PARAMS["max_new_tokens"]}, SOURCES, EVAL_SETS,
                                 base, variant)

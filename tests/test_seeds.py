@@ -111,7 +111,9 @@ def test_bad_training_seeds_are_named(seeds_value, message):
 
 def test_validation_rejects_a_model_name_that_clashes():
     base = {
-        "seed": 1, "templates": {"sentiment": {"instruction": "x", "labels": {0: "negative", 1: "positive"}}},
+        "seed": 1,
+        "sources": {"sentiment": {"kind": "classification", "files": {"train": "t.jsonl", "test": "t.jsonl"},
+                                  "labels": {0: "negative", 1: "positive"}}},
         "eval_sets": {"sentiment": {"size": 4}},
         "variants": {"v": {"display_name": "V", "budget": 4, "mix": {"sentiment": 1.0}},
                      "v_s1": {"display_name": "W", "budget": 4, "mix": {"sentiment": 1.0}}},

@@ -35,9 +35,9 @@ def test_viz_api_shows_pipelines_namespaces_and_layers(viz_server):
     _, graph = viz_server
     assert {"data_engineering", "training", "reporting", "__default__"} <= {p["id"] for p in graph["pipelines"]}
     assert {"custom_only", "both_instructions"} <= set(graph["modular_pipelines"])
-    assert graph["layers"][:4] == ["raw", "intermediate", "primary", "model_input"]
+    assert graph["layers"][:3] == ["raw", "primary", "model_input"]
     names = {n["name"] for n in graph["nodes"]}
-    assert {"tweets_raw_train", "alpaca_raw_train", "custom_only.training_set", "eval_sentiment"} <= names
+    assert {"sentiment_raw", "alpaca_raw", "sentiment_train_pool", "custom_only.training_set", "eval_sentiment"} <= names
 
 
 def test_flowchart_screenshot_is_not_blank(viz_server, tmp_path):

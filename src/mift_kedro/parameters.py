@@ -13,7 +13,11 @@ from pydantic import BaseModel, ValidationError
 
 from mift_kedro.config import ParameterError, format_validation_error, training_seeds
 from mift_kedro.pipelines.data_engineering.params import DataEngineeringParams
-from mift_kedro.pipelines.reporting.params import ReferenceStudyBlock, ReportingParams
+from mift_kedro.pipelines.reporting.params import (
+    ReferenceStudyBlock,
+    ReportingParams,
+    check_eval_sets,
+)
 from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams
 
 #: Top-level parameter blocks and the schema of each, by the pipeline that reads them. The
@@ -42,6 +46,11 @@ def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
         training_seeds(params)
     except ParameterError as exc:
         problems.append(f"Invalid parameters: {exc}")
+    if validated is not None and "reporting" in params:
+        try:
+            check_eval_sets(params["reporting"], list(validated.eval_sets))
+        except ParameterError as exc:
+            problems.append(f"Invalid parameters: {exc}")
     for block, model in BLOCKS.items():
         try:
             model.model_validate(params.get(block))

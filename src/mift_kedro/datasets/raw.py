@@ -200,23 +200,29 @@ class SourceDataset(HubOrLocalDataset):
         timeout: float = 5.0,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        from mift_kedro.pipelines.data_engineering.params import source_spec
-
         self._name = source
-        self._spec = source_spec(spec if spec is not None else _source_spec(source))
-        hub_spec = self._spec.hub
+        self._spec_dict = spec
+        self._parsed = None
         super().__init__(
-            hub_id=hub_spec.id if hub_spec else "", hub_split="", local_path="", columns=[],
-            revision=hub_spec.revision if hub_spec else None, local_dir=local_dir, timeout=timeout,
+            hub_id="", hub_split="", local_path="", columns=[], local_dir=local_dir, timeout=timeout,
             metadata=metadata,
         )
         self._project_dir = Path(project_dir) if project_dir else Path.cwd()
+
+    @property
+    def _spec(self):
+        """The source's parameters, read when first needed (the catalog is built before them)."""
+        from mift_kedro.pipelines.data_engineering.params import source_spec
+
+        if self._parsed is None:
+            self._parsed = source_spec(self._spec_dict if self._spec_dict is not None else _source_spec(self._name))
+        return self._parsed
 
     def _uses_hub(self) -> bool:
         return self._spec.hub is not None and not (self._data_dir() and self._spec.files)
 
     def _describe(self) -> dict[str, Any]:
-        return {"source": self._name, "hub": self._uses_hub(), "data_dir": self._data_dir()}
+        return {"source": self._name, "data_dir": self._data_dir()}
 
     def hub_repo(self) -> hub.HubRepo | None:
         return hub.HubRepo(self._spec.hub.id, "dataset", self._spec.hub.revision) if self._uses_hub() else None

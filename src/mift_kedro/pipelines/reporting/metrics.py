@@ -26,13 +26,16 @@ metric modules, so they are computed here with the libraries those modules wrap)
 * Sentiment macro-F1: TP/FP/FN indicators per label, ``f`` = mean of the per-label F1
   (an invalid answer is a wrong answer: a false negative for its true label).
 
-Label mapping (:func:`map_label`): the answer is lower-cased, punctuation becomes whitespace,
-and it is split into words. It maps to a label when (1) its first word is exactly one label
-word, or else (2) exactly one of the label words occurs among its words. Otherwise (no
-label word, or both without a first-word decision, or an empty answer) it is *invalid*.
+Label mapping (:func:`parse_answer`): the answer is lower-cased, punctuation becomes
+whitespace, and it is split into words; so is every answer word or phrase of a label (the
+target and its synonyms; a phrase may have several words). The answer maps to a label when (1)
+it starts with a phrase of exactly one label (the longest phrase that matches), or else (2)
+the phrases found in it (a phrase inside a longer found phrase does not count) are all of one
+label. Otherwise it is *invalid*, and the reason is recorded: an empty answer, no label word,
+or several labels named.
 So ``"Positive."`` -> positive, ``"negative sentiment"`` -> negative, ``"The tweet is
 positive"`` -> positive, ``"positive or negative"`` -> positive (first word), ``"it is not
-positive, rather negative"`` -> invalid, ``"neutral"`` -> invalid.
+positive, rather negative"`` -> invalid (several labels), ``"neutral"`` -> invalid (no label word).
 """
 
 from __future__ import annotations
@@ -57,16 +60,52 @@ def normalise_answer(text: str | None) -> list[str]:
     return _PUNCT.sub(" ", text.lower()).split()
 
 
-def map_label(answer: str | None, labels: Mapping[int, str]) -> int:
-    """The label an answer names, or :data:`INVALID` (see the module docstring for the rule)."""
+#: Why an answer maps to no label.
+EMPTY_ANSWER, NO_LABEL, SEVERAL_LABELS = "empty answer", "no label word", "several labels named"
+
+
+def _phrases(labels: Mapping[Any, str | Sequence[str]]) -> dict[tuple[str, ...], Any]:
+    phrases = {}
+    for label, words in labels.items():
+        for phrase in [words] if isinstance(words, str) else words:
+            phrases[tuple(normalise_answer(str(phrase)))] = label
+    phrases.pop((), None)
+    return phrases
+
+
+def parse_answer(answer: str | None, labels: Mapping[Any, str | Sequence[str]]) -> tuple[Any, str | None]:
+    """(label, None) for the label an answer names, or (None, reason) when it is invalid.
+
+    ``labels``: label -> its answer word(s) or phrase(s) (target first, then synonyms); see the
+    module docstring for the rule.
+    """
     words = normalise_answer(answer)
     if not words:
-        return INVALID
-    label_words = {str(word).strip().lower(): int(label) for label, word in labels.items()}
-    if words[0] in label_words:
-        return label_words[words[0]]
-    present = {label_words[w] for w in words if w in label_words}
-    return present.pop() if len(present) == 1 else INVALID
+        return None, EMPTY_ANSWER
+    phrases = _phrases(labels)
+    found = []  # (start, end, label) of every phrase occurrence
+    for phrase, label in phrases.items():
+        n = len(phrase)
+        found += [(i, i + n, label) for i in range(len(words) - n + 1) if tuple(words[i:i + n]) == phrase]
+    if not found:
+        return None, NO_LABEL
+    first = [f for f in found if f[0] == 0]
+    if first:
+        longest = max(end for _, end, _ in first)
+        at_start = {label for _, end, label in first if end == longest}
+        if len(at_start) == 1:
+            return at_start.pop(), None
+    kept = {
+        label for start, end, label in found
+        if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in found)
+    }
+    return (kept.pop(), None) if len(kept) == 1 else (None, SEVERAL_LABELS)
+
+
+def map_label(answer: str | None, labels: Mapping[Any, str | Sequence[str]]) -> Any:
+    """The label an answer names, or :data:`INVALID` (see the module docstring for the rule)."""
+    label, _ = parse_answer(answer, labels)
+    return INVALID if label is None else label
 
 
 # --- per-example statistics ----------------------------------------------------------------
@@ -202,13 +241,48 @@ def macro_f1_metric(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
     return Metric("macro_f1", np.stack(columns, axis=1).astype(float), _f1_aggregate(len(labels)))
 
 
-def sentiment_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> list[Metric]:
+def _ratio_aggregate(sums: np.ndarray) -> np.ndarray:
+    return np.where(sums[:, 1] > 0, sums[:, 0] / np.maximum(sums[:, 1], 1e-12), np.nan)
+
+
+def recall_metric(y_true: Sequence[int], y_pred: Sequence[int], label: int, name: str) -> Metric:
+    """Recall of one class: correct answers among the examples of that class."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return [
+    of_class = y_true == label
+    return Metric(name, np.stack([of_class & (y_pred == label), of_class], axis=1).astype(float), _ratio_aggregate)
+
+
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int], names: Sequence[str] | None = None
+) -> list[Metric]:
+    """Accuracy, macro-F1, invalid-answer rate and, with ``names``, each class's recall
+    (``recall[<name>]``); ``y_pred`` is :data:`INVALID` for an invalid answer."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = [
         mean_metric("accuracy", (y_true == y_pred).astype(float)),
         macro_f1_metric(y_true, y_pred, labels),
         mean_metric("invalid_rate", (y_pred == INVALID).astype(float), higher_is_better=False),
     ]
+    if names is not None:
+        out += [recall_metric(y_true, y_pred, label, f"recall[{name}]") for label, name in zip(labels, names, strict=True)]
+    return out
+
+
+def sentiment_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> list[Metric]:
+    return classification_metrics(y_true, y_pred, labels)
+
+
+def confusion_counts(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int], names: Sequence[str]
+) -> np.ndarray:
+    """Counts ``[true class, predicted class]``; the last column counts invalid answers."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    counts = np.zeros((len(labels), len(labels) + 1), dtype=int)
+    index = {label: i for i, label in enumerate(labels)}
+    for t, p in zip(y_true, y_pred, strict=True):
+        if t in index:
+            counts[index[t], index.get(p, len(labels))] += 1
+    return counts
 
 
 # --- bootstrap ----------------------------------------------------------------------------

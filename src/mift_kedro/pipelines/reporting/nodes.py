@@ -4,6 +4,7 @@ and :mod:`.report`, testable without Kedro."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mift_kedro.config import EVAL_SETS, ParameterError, seed_display_name, trained_models
+from mift_kedro.config import ParameterError, seed_display_name, trained_models
 from mift_kedro.distributed import map_across_processes
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
@@ -44,10 +45,13 @@ def _content(messages: Any) -> str:
     return ""
 
 
-def _label(value: Any) -> int | None:
+def _label(value: Any) -> int | str | None:
+    """A gold label as the source's label map has it (an int, or a string label)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    return int(value)
+    if isinstance(value, float | np.floating | np.integer):
+        return int(value)
+    return value
 
 
 def predict(
@@ -124,15 +128,14 @@ def _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, se
     return rows
 
 
-def _eval_sets(sentiment: pd.DataFrame, out_of_sample: pd.DataFrame, alpaca: pd.DataFrame) -> dict:
-    return dict(zip(EVAL_SETS, (sentiment, out_of_sample, alpaca), strict=True))
+def collect_eval_sets(*frames: pd.DataFrame, names: list[str]) -> dict[str, pd.DataFrame]:
+    """The configured evaluation sets (``eval_sets`` in parameters), by name, in their order."""
+    return dict(zip(names, frames, strict=True))
 
 
 def generate_base_predictions(
     base_model: str,
-    eval_sentiment: pd.DataFrame,
-    eval_out_of_sample: pd.DataFrame,
-    eval_alpaca: pd.DataFrame,
+    eval_sets: dict[str, pd.DataFrame],
     params: dict[str, Any],
     seed: int,
     display_name: str,
@@ -148,7 +151,7 @@ def generate_base_predictions(
     tokenizer = models.load_tokenizer(base_model)
     model = models.load_causal_lm(base_model, quantization=quantization, device=cfg.device)
     return predict(
-        model, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
+        model, tokenizer, eval_sets, params,
         model_name="base", display_name=display_name, seed=seed,
     )
 
@@ -156,9 +159,7 @@ def generate_base_predictions(
 def generate_variant_predictions(
     adapter: Any,
     base_model: str,
-    eval_sentiment: pd.DataFrame,
-    eval_out_of_sample: pd.DataFrame,
-    eval_alpaca: pd.DataFrame,
+    eval_sets: dict[str, pd.DataFrame],
     params: dict[str, Any],
     seed: int,
     variant: dict[str, Any],
@@ -186,7 +187,7 @@ def generate_variant_predictions(
     quantization = generation_quantization(cfg, training, variants)
     adapter = on_base(adapter, str(recorded or base_model), quantization, cfg.device)
     return predict(
-        adapter, tokenizer, _eval_sets(eval_sentiment, eval_out_of_sample, eval_alpaca), params,
+        adapter, tokenizer, eval_sets, params,
         model_name=model_name, seed=seed,
         display_name=seed_display_name(variant.get("display_name", model_name), training_seed),
     )
@@ -244,10 +245,42 @@ def _adapter_base(adapter: Any) -> str | None:
 # --- scoring -------------------------------------------------------------------------------
 
 
+def classification_answers(sources: dict[str, Any], eval_sets: dict[str, Any]) -> dict[str, dict[Any, list[str]]]:
+    """eval set -> its source's label -> answer words, for the sets of classification sources."""
+    from mift_kedro.pipelines.data_engineering.params import source_spec
+
+    out = {}
+    for name, spec in (eval_sets or {}).items():
+        source = source_spec(sources[(spec or {}).get("source") or name])
+        if source.kind == "classification":
+            out[name] = source.answer_words()
+    return out
+
+
+def _label_columns(frame: pd.DataFrame, preds: list[str], answers: dict[str, dict]) -> pd.DataFrame:
+    """Per example of a classification set: the parsed label, why it is invalid, and both
+    labels as class indices (``label_names``: the classes in the label map's order)."""
+    rows = []
+    for eval_set, label, prediction in zip(frame["eval_set"], frame["label"], preds, strict=True):
+        words = answers.get(eval_set)
+        if words is None:
+            rows.append((None, None, None, None, None))
+            continue
+        keys = [str(k) for k in words]
+        parsed, reason = M.parse_answer(prediction, words)
+        true_index = keys.index(str(_label(label))) if str(_label(label)) in keys else None
+        rows.append((
+            None if parsed is None else str(parsed), reason, true_index,
+            M.INVALID if parsed is None else keys.index(str(parsed)), json.dumps(keys),
+        ))
+    return pd.DataFrame(rows, columns=["predicted_label", "invalid_reason", "label_index", "predicted_index", "label_names"])
+
+
 def score_predictions(
-    params: dict[str, Any], sentiment_template: dict[str, Any], *predictions: pd.DataFrame
+    params: dict[str, Any], sources: dict[str, Any], eval_sets: dict[str, Any], *predictions: pd.DataFrame
 ) -> pd.DataFrame:
-    """Per-example statistics of every model's predictions (one BERTScore model load)."""
+    """Per-example statistics of every model's predictions (one BERTScore model load); on a
+    classification set, the label each answer names or why it names none."""
     cfg = reporting_params(params)
     frame = pd.concat(predictions, ignore_index=True)
     if frame.empty:
@@ -266,11 +299,8 @@ def score_predictions(
         lang=cfg.bertscore.lang,
         rescale_with_baseline=cfg.bertscore.rescale_with_baseline,
     )
-    labels = {int(k): v for k, v in sentiment_template["labels"].items()}
-    is_sentiment = frame["eval_set"] == "sentiment"
-    scores["predicted_label"] = [
-        M.map_label(p, labels) if s else None for p, s in zip(preds, is_sentiment, strict=True)
-    ]
+    labelled = _label_columns(frame, preds, classification_answers(sources, eval_sets))
+    scores = pd.concat([scores, labelled], axis=1)
     logger.info("Scored %d predictions in %.1f s", len(frame), time.perf_counter() - start)
     keep = ["model", "display_name", "eval_set", "id", "label", "prediction", "reference"]
     return pd.concat([frame[keep].reset_index(drop=True), scores, bleu], axis=1)
@@ -313,12 +343,20 @@ def check_same_base(frame: pd.DataFrame) -> None:
     )
 
 
-def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M.Metric]:
+def _classes(rows: pd.DataFrame) -> list[str] | None:
+    """The class names of a classification set's rows; None for another set."""
+    if "label_names" not in rows.columns or rows["label_names"].isna().all():
+        return None
+    return json.loads(rows["label_names"].dropna().iloc[0])
+
+
+def _metrics_for(rows: pd.DataFrame, eval_set: str) -> list[M.Metric]:
     out: list[M.Metric] = []
-    if eval_set == "sentiment":
-        y_true = rows["label"].astype(int).to_numpy()
-        y_pred = rows["predicted_label"].astype(int).to_numpy()
-        out += M.sentiment_metrics(y_true, y_pred, labels)
+    names = _classes(rows)
+    if names is not None:
+        y_true = rows["label_index"].astype(int).to_numpy()
+        y_pred = rows["predicted_index"].astype(int).to_numpy()
+        out += M.classification_metrics(y_true, y_pred, list(range(len(names))), names)
     out.append(M.mean_metric("bertscore_f1", rows["bertscore_f1"].to_numpy()))
     for kind in ("rouge1", "rouge2", "rougeL"):
         out.append(M.mean_metric(kind, rows[kind].to_numpy()))
@@ -348,10 +386,9 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
     own); ``bootstrap_resamples`` tells the p-value floor, 1/(resamples+1).
     """
     cfg = reporting_params(params)
-    labels = [0, 1]
     records = []
     model_order = list(dict.fromkeys(scores["model"]))
-    for k, eval_set in enumerate(EVAL_SETS):
+    for k, eval_set in enumerate(dict.fromkeys(scores["eval_set"])):
         subset = scores[scores["eval_set"] == eval_set]
         if subset.empty:
             continue
@@ -365,7 +402,7 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
         }
         n = len(common)
         weights = M.bootstrap_weights(n, cfg.bootstrap.resamples, seed=seed * 1000 + k)
-        metric_sets = {m: _metrics_for(rows, eval_set, labels) for m, rows in by_model.items()}
+        metric_sets = {m: _metrics_for(rows, eval_set) for m, rows in by_model.items()}
         base = metric_sets.get("base")
         for model in [m for m in model_order if m in by_model]:
             display = by_model[model]["display_name"].iloc[0]
@@ -388,7 +425,11 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
     frame = pd.DataFrame(records, columns=METRIC_COLUMNS)
     # Holm families: per evaluation set, the comparisons its table shows, and apart from them
     # the study-comparable evaluate_* metrics (the study comparison's)
-    family = np.where(frame["metric"].isin(EVALUATE_METRICS), "study", "table")
+    # (each class's recall is a family of its own, so the table's headline tests keep theirs)
+    family = np.where(
+        frame["metric"].isin(EVALUATE_METRICS), "study",
+        np.where(frame["metric"].str.startswith("recall["), "recall", "table"),
+    )
     frame["p_holm_vs_base"] = frame.groupby(["eval_set", family])["p_value_vs_base"].transform(stats.holm)
     frame["bootstrap_resamples"] = cfg.bootstrap.resamples
     return frame
@@ -415,6 +456,27 @@ def build_seed_summary(
 
 def plot_metrics(metrics: pd.DataFrame, eval_set: str):
     return R.metric_figure(metrics, eval_set)
+
+
+def build_confusion_matrix(scores: pd.DataFrame, eval_set: str) -> tuple[pd.DataFrame, str, Any]:
+    """A classification set's confusion matrix per model: rows true class, columns the class
+    each answer named and ``invalid`` (table: CSV and Markdown; plot: one heatmap per model)."""
+    rows = scores[scores["eval_set"] == eval_set]
+    names = _classes(rows)
+    if names is None:
+        raise ValueError(f"evaluation set {eval_set!r} is not a classification set: it has no confusion matrix")
+    frames = []
+    for (model, display), group in rows.groupby(["model", "display_name"], sort=False):
+        counts = M.confusion_counts(
+            group["label_index"].astype(int), group["predicted_index"].astype(int), list(range(len(names))), names
+        )
+        frame = pd.DataFrame(counts, columns=[*names, "invalid"])
+        frame.insert(0, "true_label", names)
+        frame.insert(0, "display_name", display)
+        frame.insert(0, "model", model)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    return table, R.confusion_markdown(table, eval_set), R.confusion_figure(table, eval_set)
 
 
 def build_study_comparison(metrics: pd.DataFrame, study: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:

@@ -13,7 +13,6 @@ from pydantic import (
     PositiveInt,
     RootModel,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -58,8 +57,8 @@ MetricName = Literal[PROJECT_METRICS + EVALUATE_METRICS]
 
 
 class CurveMetric(StrictModel):
-    eval_set: Literal[EVAL_SETS]
-    metric: MetricName
+    eval_set: str = Field(min_length=1, description="a configured evaluation set (`eval_sets`)")
+    metric: MetricName | str
 
 
 class ReportingParams(StrictModel):
@@ -83,17 +82,24 @@ class ReportingParams(StrictModel):
         default=None, description="(eval_set, metric) pairs of the forgetting curve; None: the default six"
     )
 
-    @field_validator("max_new_tokens")
-    @classmethod
-    def _every_set(cls, value: dict[str, int]) -> dict[str, int]:
-        missing = [s for s in EVAL_SETS if s not in value]
-        unknown = [s for s in value if s not in EVAL_SETS]
-        if missing or unknown:
-            raise ValueError(
-                f"give max_new_tokens for exactly the evaluation sets {list(EVAL_SETS)} "
-                f"(missing {missing}, unknown {unknown})"
-            )
-        return value
+
+
+def check_eval_sets(reporting: dict[str, Any], eval_sets: list[str]) -> None:
+    """``reporting.max_new_tokens`` gives a generation budget to exactly the configured sets."""
+    tokens = (reporting or {}).get("max_new_tokens") or {}
+    missing = [s for s in eval_sets if s not in tokens]
+    unknown = [s for s in tokens if s not in eval_sets]
+    if missing or unknown:
+        raise ParameterError(
+            f"reporting.max_new_tokens: give a generation budget (tokens) for exactly the evaluation "
+            f"sets of `eval_sets` {list(eval_sets)} (missing {missing}, unknown {unknown})"
+        )
+    curve = (reporting or {}).get("forgetting_curve_metrics") or []
+    bad = [c.get("eval_set") for c in curve if isinstance(c, dict) and c.get("eval_set") not in eval_sets]
+    if bad:
+        raise ParameterError(
+            f"reporting.forgetting_curve_metrics: evaluation set(s) {bad} are not in `eval_sets` {list(eval_sets)}"
+        )
 
 
 #: Which run metric each of the study's columns is compared with. ROUGE is ROUGE-L: ROUGE-2

@@ -17,10 +17,27 @@ from kedro.pipeline import Node, Pipeline, pipeline
 from mift_kedro.config import EVAL_SETS, TrainedModel, trained_models
 from mift_kedro.pipelines import bind
 from mift_kedro.pipelines.reporting import nodes
-from mift_kedro.pipelines.reporting.report import TABLES
 
 BASE = "base"
-EVAL_INPUTS = [f"eval_{s}" for s in EVAL_SETS]
+#: The configured evaluation sets, by name, for the generation nodes (in memory).
+EVAL_INPUTS = ["evaluation_sets"]
+
+
+def _active(key: str) -> dict:
+    from mift_kedro import config
+
+    return config._active_parameters().get(key) or {}
+
+
+def _collect_pipeline(eval_sets: list[str]) -> Pipeline:
+    return Pipeline([
+        Node(
+            bind(nodes.collect_eval_sets, names=eval_sets),
+            [f"eval_{s}" for s in eval_sets],
+            "evaluation_sets",
+            name="collect_eval_sets",
+        )
+    ], tags=["reporting", "generation"])
 
 
 def _base_pipeline() -> Pipeline:
@@ -68,19 +85,19 @@ def _variant_pipeline(model: TrainedModel, several: bool) -> Pipeline:
     )
 
 
-def _shared_pipeline(models: list[str]) -> Pipeline:
+def _shared_pipeline(models: list[str], eval_sets: dict, sources: dict) -> Pipeline:
     with warnings.catch_warnings():
         # The shared part reads the namespaced `<model>.predictions` on purpose.
         warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
-        return _shared_nodes(models)
+        return _shared_nodes(models, eval_sets, sources)
 
 
-def _shared_nodes(models: list[str]) -> Pipeline:
+def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline:
     predictions = [f"{m}.predictions" for m in models]
     nodes_ = [
         Node(
             nodes.score_predictions,
-            ["params:reporting", "params:templates.sentiment", *predictions],
+            ["params:reporting", "params:sources", "params:eval_sets", *predictions],
             "per_example_scores",
             name="score_predictions",
         ),
@@ -115,7 +132,9 @@ def _shared_nodes(models: list[str]) -> Pipeline:
             name="build_report",
         ),
     ]
-    for eval_set, letter in TABLES.items():
+    classification = nodes.classification_answers(sources, eval_sets) if sources else {}
+    for eval_set, spec in eval_sets.items():
+        letter = (spec or {}).get("table") or eval_set
         nodes_ += [
             Node(
                 bind(nodes.build_table, eval_set=eval_set),
@@ -130,15 +149,36 @@ def _shared_nodes(models: list[str]) -> Pipeline:
                 name=f"plot_{eval_set}",
             ),
         ]
+        if eval_set in classification:
+            nodes_.append(Node(
+                bind(nodes.build_confusion_matrix, eval_set=eval_set),
+                "per_example_scores",
+                [f"confusion_{eval_set}_csv", f"confusion_{eval_set}_md", f"plot_confusion_{eval_set}"],
+                name=f"build_confusion_{eval_set}",
+            ))
     return Pipeline(nodes_, tags="reporting")
 
 
-def create_pipeline(variants: list[str] | None = None, seeds: list[int] | None = None, **kwargs) -> Pipeline:
+def create_pipeline(
+    variants: list[str] | None = None,
+    seeds: list[int] | None = None,
+    eval_sets: dict | None = None,
+    sources: dict | None = None,
+    **kwargs,
+) -> Pipeline:
     """The base model plus one generation namespace per variant and training seed (``seeds``:
-    ``training_seeds``; None: one per variant), then the shared scoring and reporting."""
+    ``training_seeds``; None: one per variant), then the shared scoring and reporting, one
+    table and plot per evaluation set (``eval_sets``; default: the active parameters') and a
+    confusion matrix per classification set."""
+    eval_sets = _active("eval_sets") if eval_sets is None else eval_sets
+    eval_sets = eval_sets or dict.fromkeys(EVAL_SETS)
+    sources = _active("sources") if sources is None else sources
     models = trained_models(dict.fromkeys(variants or []), seeds)
     if BASE in {m.name for m in models}:
         raise ValueError(f"a variant may not be called {BASE!r}: that namespace is the base model's")
     several = len(seeds or []) > 1
     per_model = [_base_pipeline()] + [_variant_pipeline(m, several) for m in models]
-    return sum(per_model, Pipeline([])) + _shared_pipeline([BASE, *(m.name for m in models)])
+    return (
+        _collect_pipeline(list(eval_sets)) + sum(per_model, Pipeline([]))
+        + _shared_pipeline([BASE, *(m.name for m in models)], eval_sets, sources)
+    )

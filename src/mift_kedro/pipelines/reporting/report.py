@@ -49,6 +49,17 @@ NOTES = {
 }
 
 
+def title(eval_set: str) -> str:
+    """An evaluation set's heading: the default configuration's titles, else the set's name."""
+    return TITLES.get(eval_set, f"Evaluation set {eval_set}")
+
+
+def ordered_sets(names: Any) -> list[str]:
+    """The evaluation sets among ``names``: the default configuration's first, then in order."""
+    present = list(dict.fromkeys(names))
+    return [s for s in TABLES if s in present] + [s for s in present if s not in TABLES]
+
+
 def _models(metrics: pd.DataFrame) -> list[tuple[str, str]]:
     """(model, display name) in the order they appear, base first."""
     pairs = list(dict.fromkeys(zip(metrics["model"], metrics["display_name"], strict=True)))
@@ -57,8 +68,12 @@ def _models(metrics: pd.DataFrame) -> list[tuple[str, str]]:
 
 def _subset(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
     """The rows of one table (A/B/C): the evaluation set's metrics without the study-comparable
-    ``evaluate_*`` ones, so a table's Holm family is the comparisons it shows."""
-    subset = metrics[(metrics["eval_set"] == eval_set) & ~metrics["metric"].isin(EVALUATE_METRICS)]
+    ``evaluate_*`` ones and the per-class recalls (the confusion matrix's table shows those), so
+    a table's Holm family is the comparisons it shows."""
+    subset = metrics[
+        (metrics["eval_set"] == eval_set) & ~metrics["metric"].isin(EVALUATE_METRICS)
+        & ~metrics["metric"].str.startswith("recall[")
+    ]
     if subset.empty:
         raise ValueError(f"no metrics for evaluation set {eval_set!r}")
     return subset
@@ -168,7 +183,7 @@ def table_markdown(metrics: pd.DataFrame, eval_set: str, summary: pd.DataFrame |
     header, rows = table_rows(metrics, eval_set, summary)
     n = int(_subset(metrics, eval_set)["n"].iloc[0])
     lines = [
-        f"## {TITLES.get(eval_set, eval_set)}",
+        f"## {title(eval_set)}",
         "",
         f"n = {n} examples. Cells: value [95% bootstrap CI]; for fine-tuned models also "
         "(Δ vs base, paired bootstrap p-value, Holm-adjusted p-value).",
@@ -212,10 +227,10 @@ def seed_summary_markdown(summary: pd.DataFrame) -> str:
         "",
         f"{int(summary['n_seeds'].max())} training seeds per variant ({first['seeds'].replace(',', ', ')}). {seeds.SPREAD_NOTE}",
     ]
-    for eval_set in TABLES:
+    for eval_set in ordered_sets(summary["eval_set"]):
         if (summary["eval_set"] == eval_set).any():
             header, rows = seed_summary_rows(summary, eval_set)
-            lines += ["", f"**{TITLES.get(eval_set, eval_set)}**", "", *_markdown_table(header, rows)]
+            lines += ["", f"**{title(eval_set)}**", "", *_markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -328,9 +343,48 @@ def metric_figure(metrics: pd.DataFrame, eval_set: str):
                   rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (95% bootstrap CI)")
-    ax.set_title(TITLES.get(eval_set, eval_set))
+    ax.set_title(title(eval_set))
     ax.legend(loc="upper right", fontsize="small")
     ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def confusion_markdown(table: pd.DataFrame, eval_set: str) -> str:
+    """The confusion matrices of one classification set, one Markdown table per model."""
+    lines = [f"## Confusion matrices: {title(eval_set)}", "",
+             "Rows: the true label; columns: the label the answer named, or invalid."]
+    columns = [c for c in table.columns if c not in ("model", "display_name", "true_label")]
+    for display, group in table.groupby("display_name", sort=False):
+        rows = [
+            [str(r["true_label"]), *(str(int(r[c])) for c in columns),
+             f"{r[str(r['true_label'])] / max(sum(int(r[c]) for c in columns), 1):.3f}"]
+            for _, r in group.iterrows()
+        ]
+        lines += ["", f"**{display}**", "", *_markdown_table(["true \\ answer", *columns, "recall"], rows)]
+    return "\n".join(lines) + "\n"
+
+
+def confusion_figure(table: pd.DataFrame, eval_set: str):
+    """One heatmap per model: counts of (true label, answered label or invalid)."""
+    from matplotlib.figure import Figure
+
+    columns = [c for c in table.columns if c not in ("model", "display_name", "true_label")]
+    groups = list(table.groupby("display_name", sort=False))
+    size = 0.5 * len(columns) + 2
+    fig = Figure(figsize=(size * len(groups), size), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(groups)))
+    for ax, (display, group) in zip(axes, groups, strict=True):
+        counts = group[columns].to_numpy(dtype=int)
+        ax.imshow(counts, cmap="Blues")
+        for (i, j), value in np.ndenumerate(counts):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize="small",
+                    color="white" if value > counts.max() / 2 else "black")
+        ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+        ax.set_yticks(range(len(group)), group["true_label"].tolist())
+        ax.set_xlabel("answer")
+        ax.set_ylabel("true label")
+        ax.set_title(display)
+    fig.suptitle(f"Confusion matrices: {title(eval_set)}")
     return fig
 
 
@@ -413,20 +467,18 @@ def render_report(
         "p-value (same resampled examples for all models).</p>",
         _base_weights_html(predictions),
         "<h2>Contents</h2><ul>"
-        + "".join(f"<li><a href='#{s}'>{html.escape(TITLES[s])}</a></li>" for s in TABLES if s in set(metrics["eval_set"]))
+        + "".join(f"<li><a href='#{s}'>{html.escape(title(s))}</a></li>" for s in ordered_sets(metrics["eval_set"]))
         + ("<li><a href='#seeds'>Spread over training seeds</a></li>" if seeds.several_seeds(summary) else "")
         + ("<li><a href='#study'>Against the reference study</a></li>" if comparison is not None and not comparison.empty else "")
         + ("<li><a href='#forgetting_curve'>Forgetting curve</a></li>" if curve is not None and not curve.empty else "")
         + "<li><a href='#examples'>Example predictions</a></li><li><a href='#parameters'>Run parameters</a></li></ul>",
     ]
-    for eval_set in TABLES:
-        if eval_set not in set(metrics["eval_set"]):
-            continue
+    for eval_set in ordered_sets(metrics["eval_set"]):
         header, rows = table_rows(metrics, eval_set, summary)
         n = int(_subset(metrics, eval_set)["n"].iloc[0])
         fig = metric_figure(metrics, eval_set)
         parts += [
-            f"<h2 id='{eval_set}'>{html.escape(TITLES[eval_set])}</h2>",
+            f"<h2 id='{eval_set}'>{html.escape(title(eval_set))}</h2>",
             f"<p>n = {n} examples. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
             _html_table(header, rows),
             f"<p class='note'>{html.escape(stats.family_note(_subset(metrics, eval_set), 'in this table'))}</p>",
@@ -436,11 +488,11 @@ def render_report(
         ]
     if seeds.several_seeds(summary):
         parts += ["<h2 id='seeds'>Spread over training seeds</h2>", f"<p>{html.escape(seeds.SPREAD_NOTE)}</p>"]
-        for eval_set in TABLES:
+        for eval_set in ordered_sets(summary["eval_set"]):
             part = summary[summary["eval_set"] == eval_set]
             if not part.empty:
                 header, rows = seed_summary_rows(summary, eval_set)
-                parts += [f"<h3>{html.escape(TITLES[eval_set])}</h3>", _html_table(header, rows)]
+                parts += [f"<h3>{html.escape(title(eval_set))}</h3>", _html_table(header, rows)]
     if comparison is not None and not comparison.empty:
         header, rows = study_rows(comparison)
         study = reference_study((parameters or {}).get("reference_study"))
@@ -460,11 +512,11 @@ def render_report(
             f"<img alt='forgetting curve' src='data:image/png;base64,{_figure_png(plot_forgetting_curve(curve, summary))}'>",
         ]
     parts.append("<h2 id='examples'>Example predictions</h2>")
-    for eval_set in TABLES:
+    for eval_set in ordered_sets(predictions["eval_set"]):
         ids = example_ids(predictions, eval_set, count, seed)
         if not ids:
             continue
-        parts.append(f"<h3>{html.escape(TITLES[eval_set].split(': ', 1)[-1])}</h3>")
+        parts.append(f"<h3>{html.escape(title(eval_set).split(': ', 1)[-1])}</h3>")
         subset = predictions[predictions["eval_set"] == eval_set]
         header = ["#", "Prompt", "Reference"] + [d for _, d in models]
         rows = []
