@@ -16,7 +16,7 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
 
-from mift_kedro import models
+from mift_kedro import config, models
 from mift_kedro.config import ParameterError
 from mift_kedro.hooks import (
     HubPreflightHooks,
@@ -27,7 +27,6 @@ from mift_kedro.hooks import (
     missing_inputs_message,
 )
 from mift_kedro.hub import HubUnreachableError
-from mift_kedro import config
 from mift_kedro.pipelines import data_engineering, reporting, training
 from mift_kedro.pipelines.data_engineering import nodes as de_nodes
 from mift_kedro.pipelines.training import nodes as training_nodes

@@ -13,7 +13,7 @@ from mift_kedro.config import ParameterError
 from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines.reporting import create_pipeline, nodes, stats
 from mift_kedro.pipelines.reporting import metrics as M
-from mift_kedro.pipelines.reporting.params import check_eval_sets, reporting_params
+from mift_kedro.pipelines.reporting.params import check_eval_sets, generation_settings, reporting_params
 
 LABELS = {0: "negative", 1: "positive"}
 #: The default configuration's sources and evaluation sets, as scoring reads them.
@@ -223,8 +223,10 @@ def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
 
 def test_reporting_params_are_validated_with_the_key_named():
     assert reporting_params(PARAMS).batch_size == 16
-    with pytest.raises(ParameterError, match=r"reporting\.max_new_tokens: .* \(missing \['alpaca'\], unknown \['x'\]\)"):
-        check_eval_sets({"max_new_tokens": {"sentiment": 4, "x": 2}}, ["sentiment", "alpaca"])
+    with pytest.raises(ParameterError, match=r"eval_sets\.alpaca\.max_new_tokens: no generation budget .*\['alpaca'\]"):
+        check_eval_sets({"max_new_tokens": {"sentiment": 4, "x": 2}}, {"sentiment": {}, "alpaca": {}})
+    budgets = generation_settings({"max_new_tokens": {"sentiment": 4, "x": 2}}, {"sentiment": {}, "topic": {"max_new_tokens": 9}})
+    assert budgets["max_new_tokens"] == {"sentiment": 4, "topic": 9}
     with pytest.raises(ParameterError, match="batch_size"):
         reporting_params({**PARAMS, "batch_size": 0})
 

@@ -67,6 +67,11 @@ def _frames() -> list[pd.DataFrame]:
     return [sentiment, other, other.assign(id="a1")]
 
 
+def _sets() -> dict[str, pd.DataFrame]:
+    """The evaluation sets by name, as the collect_eval_sets node gives them to generation."""
+    return nodes.collect_eval_sets(*_frames(), names=["sentiment", "out_of_sample", "alpaca"])
+
+
 def test_signature_tells_quantization_and_bases_apart_and_ignores_lora(bases):
     a, b = bases
     fp32 = models.base_weights_signature(models.load_causal_lm(a, "none", "cpu"))
@@ -99,18 +104,18 @@ def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp
     qlora = _saved_adapter(a, "4bit", tmp_path / "adapter")
     adapter = qlora.load()  # reloaded as trained: on an NF4 base
     # auto: the training quantization (4bit) for the base row too
-    base = nodes.generate_base_predictions(a, *_frames(), PARAMS, 0, "Base", {"quantization": "4bit"}, VARIANTS)
+    base = nodes.generate_base_predictions(a, _sets(), PARAMS, 0, "Base", {"quantization": "4bit"}, VARIANTS)
     variant = nodes.generate_variant_predictions(
-        adapter, a, *_frames(), PARAMS, 0, VARIANTS["v"], {"quantization": "4bit"}, VARIANTS, model_name="v")
+        adapter, a, _sets(), PARAMS, 0, VARIANTS["v"], {"quantization": "4bit"}, VARIANTS, model_name="v")
     rows = pd.concat([base, variant])
     assert set(rows["base_quantization"]) == {"4bit"} and rows["base_checksum"].nunique() == 1
     nodes.check_same_base(rows)
 
     # reporting.quantization: none evaluates the QLoRA adapter on the fp32 base, like the base row
     forced = {**PARAMS, "quantization": "none"}
-    base_fp32 = nodes.generate_base_predictions(a, *_frames(), forced, 0, "Base", {"quantization": "4bit"}, VARIANTS)
+    base_fp32 = nodes.generate_base_predictions(a, _sets(), forced, 0, "Base", {"quantization": "4bit"}, VARIANTS)
     moved = nodes.generate_variant_predictions(
-        qlora.load(), a, *_frames(), forced, 0, VARIANTS["v"], {"quantization": "4bit"}, VARIANTS, model_name="v")
+        qlora.load(), a, _sets(), forced, 0, VARIANTS["v"], {"quantization": "4bit"}, VARIANTS, model_name="v")
     assert set(moved["base_quantization"]) == {"none"}
     nodes.check_same_base(pd.concat([base_fp32, moved]))
     # ...with the adapter's own LoRA weights: as if it had been loaded onto that base directly
@@ -133,9 +138,9 @@ def test_a_variant_on_another_base_is_refused_at_scoring(bases, tmp_path):
     a, b = bases
     elsewhere = _saved_adapter(b, "none", tmp_path / "adapter_b").load()
     training = {"quantization": "none"}
-    base = nodes.generate_base_predictions(a, *_frames(), PARAMS, 0, "Base", training, VARIANTS)
+    base = nodes.generate_base_predictions(a, _sets(), PARAMS, 0, "Base", training, VARIANTS)
     variant = nodes.generate_variant_predictions(
-        elsewhere, a, *_frames(), PARAMS, 0, VARIANTS["v"], training, VARIANTS, model_name="v")
+        elsewhere, a, _sets(), PARAMS, 0, VARIANTS["v"], training, VARIANTS, model_name="v")
     assert set(variant["base_ref"]) == {b}
     with pytest.raises(ParameterError, match="point `base_model` at the base the adapters were trained on"):
         nodes.score_predictions({"max_new_tokens": PARAMS["max_new_tokens"]}, SOURCES, EVAL_SETS,

@@ -85,7 +85,8 @@ def test_lora_adapter_generates_the_same_batched_and_unbatched(tiny_model, monke
         )
         params = {"max_new_tokens": {"sentiment": 3, "out_of_sample": 5, "alpaca": 5}, "batch_size": 2}
         out = nodes.generate_variant_predictions(
-            peft_model, "base-ref", frame, frame.assign(label=None), frame.iloc[:1].assign(label=None),
+            peft_model, "base-ref",
+            {"sentiment": frame, "out_of_sample": frame.assign(label=None), "alpaca": frame.iloc[:1].assign(label=None)},
             params, 0, {"display_name": "FT-X"}, {"quantization": "none"}, {"x": {}}, model_name="x",
         )
     finally:

@@ -48,7 +48,7 @@ def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
         problems.append(f"Invalid parameters: {exc}")
     if validated is not None and "reporting" in params:
         try:
-            check_eval_sets(params["reporting"], list(validated.eval_sets))
+            check_eval_sets(params["reporting"], params["eval_sets"])
         except ParameterError as exc:
             problems.append(f"Invalid parameters: {exc}")
     for block, model in BLOCKS.items():

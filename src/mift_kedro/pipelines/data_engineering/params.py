@@ -132,6 +132,9 @@ class EvalSetSpec(StrictModel):
     split: str = "test"
     size: PositiveInt | None = Field(default=None, description="None keeps the whole set")
     table: str | None = Field(default=None, description="the table's name; None: the set's name")
+    max_new_tokens: PositiveInt | None = Field(
+        default=None, description="generation budget; None: reporting.max_new_tokens.<name>"
+    )
 
 
 class DataEngineeringParams(StrictModel):

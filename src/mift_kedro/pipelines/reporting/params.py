@@ -84,16 +84,28 @@ class ReportingParams(StrictModel):
 
 
 
-def check_eval_sets(reporting: dict[str, Any], eval_sets: list[str]) -> None:
-    """``reporting.max_new_tokens`` gives a generation budget to exactly the configured sets."""
+def generation_budgets(reporting: dict[str, Any], eval_sets: dict[str, Any]) -> dict[str, int]:
+    """Each configured evaluation set's generation budget: ``eval_sets.<name>.max_new_tokens``,
+    else ``reporting.max_new_tokens.<name>`` (budgets of sets not configured are ignored)."""
     tokens = (reporting or {}).get("max_new_tokens") or {}
-    missing = [s for s in eval_sets if s not in tokens]
-    unknown = [s for s in tokens if s not in eval_sets]
-    if missing or unknown:
+    budgets = {n: (spec or {}).get("max_new_tokens") or tokens.get(n) for n, spec in eval_sets.items()}
+    missing = [n for n, b in budgets.items() if b is None]
+    if missing:
         raise ParameterError(
-            f"reporting.max_new_tokens: give a generation budget (tokens) for exactly the evaluation "
-            f"sets of `eval_sets` {list(eval_sets)} (missing {missing}, unknown {unknown})"
+            f"eval_sets.{missing[0]}.max_new_tokens: no generation budget for evaluation set(s) {missing}; "
+            "give `max_new_tokens: <tokens>` in the set (or under reporting.max_new_tokens)"
         )
+    return budgets
+
+
+def generation_settings(reporting: dict[str, Any], eval_sets: dict[str, Any]) -> dict[str, Any]:
+    """The ``reporting`` block with the generation budget of every configured evaluation set."""
+    return {**reporting, "max_new_tokens": generation_budgets(reporting, eval_sets)}
+
+
+def check_eval_sets(reporting: dict[str, Any], eval_sets: dict[str, Any]) -> None:
+    """Every configured evaluation set has a generation budget; the curve's sets exist."""
+    generation_budgets(reporting, eval_sets)
     curve = (reporting or {}).get("forgetting_curve_metrics") or []
     bad = [c.get("eval_set") for c in curve if isinstance(c, dict) and c.get("eval_set") not in eval_sets]
     if bad:

@@ -17,10 +17,11 @@ from kedro.pipeline import Node, Pipeline, pipeline
 from mift_kedro.config import EVAL_SETS, TrainedModel, trained_models
 from mift_kedro.pipelines import bind
 from mift_kedro.pipelines.reporting import nodes
+from mift_kedro.pipelines.reporting.params import generation_settings
 
 BASE = "base"
 #: The configured evaluation sets, by name, for the generation nodes (in memory).
-EVAL_INPUTS = ["evaluation_sets"]
+EVAL_INPUTS = ["evaluation_sets", "generation_params"]
 
 
 def _active(key: str) -> dict:
@@ -30,13 +31,18 @@ def _active(key: str) -> dict:
 
 
 def _collect_pipeline(eval_sets: list[str]) -> Pipeline:
+    """The configured evaluation sets and their generation budgets, for every model's generation."""
     return Pipeline([
         Node(
             bind(nodes.collect_eval_sets, names=eval_sets),
             [f"eval_{s}" for s in eval_sets],
             "evaluation_sets",
             name="collect_eval_sets",
-        )
+        ),
+        Node(
+            generation_settings, ["params:reporting", "params:eval_sets"], "generation_params",
+            name="generation_settings",
+        ),
     ], tags=["reporting", "generation"])
 
 
@@ -45,7 +51,7 @@ def _base_pipeline() -> Pipeline:
         [
             Node(
                 nodes.generate_base_predictions,
-                ["base_model", *EVAL_INPUTS, "params:reporting", "params:seed",
+                ["base_model", *EVAL_INPUTS, "params:seed",
                  "params:reporting.base_display_name", "params:training", "params:variants"],
                 "predictions",
                 name="generate_predictions",
@@ -53,7 +59,7 @@ def _base_pipeline() -> Pipeline:
         ],
         namespace=BASE,
         inputs={"base_model", *EVAL_INPUTS},
-        parameters={"params:reporting", "params:seed", "params:reporting.base_display_name",
+        parameters={"params:seed", "params:reporting.base_display_name",
                     "params:training", "params:variants"},
         tags=["reporting", "generation", BASE],
     )
@@ -66,7 +72,7 @@ def _variant_pipeline(model: TrainedModel, several: bool) -> Pipeline:
         [
             Node(
                 bind(nodes.generate_variant_predictions, model_name=model.name, **named),
-                ["adapter", "base_model", *EVAL_INPUTS, "params:reporting", "params:seed",
+                ["adapter", "base_model", *EVAL_INPUTS, "params:seed",
                  "params:variant", "params:training", "params:variants"],
                 "predictions",
                 name="generate_predictions",
@@ -75,7 +81,6 @@ def _variant_pipeline(model: TrainedModel, several: bool) -> Pipeline:
         namespace=model.name,
         inputs={"base_model", *EVAL_INPUTS},
         parameters={
-            "params:reporting": "params:reporting",
             "params:seed": "params:seed",
             "params:variant": f"params:variants.{model.variant}",
             "params:training": "params:training",
