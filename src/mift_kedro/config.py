@@ -130,7 +130,8 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     lines = [f"Invalid parameters in {where} (conf/<env>/parameters*.yml):"]
     for err in error.errors():
         key = ".".join(str(part) for part in err["loc"])
-        lines.append(f"  - {key}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {key}: {message}" if key else f"  - {message}")
     return "\n".join(lines)
 
 

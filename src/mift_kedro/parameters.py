@@ -58,4 +58,7 @@ def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
             problems.append(format_validation_error(exc, f"`{block}`"))
     if problems:
         raise ParameterError("\n".join(problems))
+    from mift_kedro.datasets.raw import check_source_data
+
+    check_source_data(params)  # the local data against the labels and budgets asked of it
     return validated

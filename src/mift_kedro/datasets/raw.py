@@ -260,9 +260,14 @@ class SourceDataset(HubOrLocalDataset):
             splits[holdout.from_split] = self._holdout_part(whole).reset_index(drop=True)
         return splits
 
-    def _load_files(self) -> dict[str, pd.DataFrame]:
+    def _load_files_only(self, split: str) -> pd.DataFrame:
+        return self._load_files([split])[split]
+
+    def _load_files(self, only: list[str] | None = None) -> dict[str, pd.DataFrame]:
         splits = {}
         for split, name in self._spec.files.items():
+            if only is not None and split not in only:
+                continue
             path = self._path(split, name)
             reader = READERS.get("".join(path.suffixes[-1:]).lower())
             if reader is None:
@@ -313,3 +318,57 @@ class SourceDataset(HubOrLocalDataset):
             ).to_pandas()
             for split, hub_split in spec.splits.items()
         }
+
+
+def check_source_data(params: dict[str, Any]) -> None:
+    """Before the first node: every local classification source's labels are in its label map
+    and each label has enough rows for the stratified budgets and evaluation sets asked of it.
+
+    Reads only the label column of local files (a source read from the Hub is checked by the
+    nodes); the nodes check again after cleaning, deduplication and the overlap removal.
+    """
+    from mift_kedro.config import ParameterError
+    from mift_kedro.pipelines.data_engineering.nodes import _label_key, _source_counts
+    from mift_kedro.pipelines.data_engineering.params import TRAIN_SPLIT, source_spec
+
+    sources = params.get("sources") or {}
+    needs: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for name, variant in (params.get("variants") or {}).items():
+        for source, count in _source_counts(variant).items():
+            needs.setdefault((source, TRAIN_SPLIT), []).append((count, f"variants.{name}.budget"))
+    for name, spec in (params.get("eval_sets") or {}).items():
+        spec = spec or {}
+        if spec.get("size"):
+            key = (spec.get("source") or name, spec.get("split") or "test")
+            needs.setdefault(key, []).append((spec["size"], f"eval_sets.{name}.size"))
+    for name, raw_spec in sources.items():
+        spec = source_spec(raw_spec)
+        dataset = SourceDataset(source=name, spec=raw_spec)
+        if spec.kind != "classification" or dataset._uses_hub():
+            continue
+        label_field, keys = spec.fields["label"], [str(k) for k in spec.labels]
+        for split in spec.files:
+            path = dataset._path(split, spec.files[split])
+            if not path.is_file():
+                continue  # the dataset names the missing file when it loads
+            frame = dataset._load_files_only(split)
+            if label_field not in frame.columns:
+                raise ParameterError(
+                    f"sources.{name}.fields.label: no column {label_field!r} in {path.name} "
+                    f"(columns {list(frame.columns)}); name the label column"
+                )
+            counts = frame[label_field].map(_label_key).dropna().value_counts()
+            unknown = sorted(set(counts.index) - set(keys))
+            if unknown:
+                raise ParameterError(
+                    f"sources.{name}.labels: {path.name} has label(s) {unknown[:10]} that the map lacks "
+                    f"(it has {keys}); add them to `sources.{name}.labels`"
+                )
+            for count, key in needs.get((name, split), []):
+                per_label = -(-count // len(keys))
+                short = {k: int(counts.get(k, 0)) for k in keys if counts.get(k, 0) < per_label}
+                if short:
+                    raise ParameterError(
+                        f"{key}: {count} examples of source {name!r} need up to {per_label} of each label "
+                        f"(stratified), but split {split!r} has only {short}; lower `{key}` or add data"
+                    )

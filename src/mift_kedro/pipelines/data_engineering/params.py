@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from mift_kedro.config import StrictModel, VariantSpec
 
@@ -85,7 +85,15 @@ class SourceSpec(StrictModel):
     def _check(self) -> SourceSpec:
         if not self.files and self.hub is None:
             raise ValueError("give `files` (split -> path) or `hub` (a Hub dataset id)")
-        self.fields = FIELDS[self.kind].model_validate(self.fields).model_dump()
+        try:
+            self.fields = FIELDS[self.kind].model_validate(self.fields).model_dump()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ValueError(
+                f"fields.{key}: {err['msg']}; the fields of a {self.kind} source are "
+                f"{list(FIELDS[self.kind].model_fields)}"
+            ) from None
         if self.kind == "classification":
             if not self.labels or len(self.labels) < 2:
                 raise ValueError("`labels` must map at least two labels to answer words, e.g. {0: negative, 1: positive}")

@@ -137,7 +137,11 @@ def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline
             name="build_report",
         ),
     ]
-    classification = nodes.classification_answers(sources, eval_sets) if sources else {}
+    # which sets get a confusion matrix; read, not validated (the hook validates before any node)
+    classification = {
+        name for name, spec in eval_sets.items()
+        if ((sources or {}).get((spec or {}).get("source") or name) or {}).get("kind") == "classification"
+    }
     for eval_set, spec in eval_sets.items():
         letter = (spec or {}).get("table") or eval_set
         nodes_ += [
