@@ -13,7 +13,11 @@ from mift_kedro.config import ParameterError
 from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines.reporting import create_pipeline, nodes, stats
 from mift_kedro.pipelines.reporting import metrics as M
-from mift_kedro.pipelines.reporting.params import check_eval_sets, generation_settings, reporting_params
+from mift_kedro.pipelines.reporting.params import (
+    check_eval_sets,
+    generation_settings,
+    reporting_params,
+)
 
 LABELS = {0: "negative", 1: "positive"}
 #: The default configuration's sources and evaluation sets, as scoring reads them.
