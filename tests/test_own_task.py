@@ -192,3 +192,17 @@ def test_bad_configuration_stops_before_the_first_node(task_project, change, mes
         _run(task_project, ["data_engineering"])
     assert any(len(line) < 400 and "." in line for line in str(error.value).splitlines())
     assert not (task_project / "data" / "03_primary").exists()  # no node ran
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"train": "missing/train.csv"}, r"sources\.topics\.files\.train: missing/train\.csv not found"),
+    ({"train": "train.xlsx"}, r"sources\.topics\.files\.train: train\.xlsx is not one of \['\.csv'"),
+], ids=["missing_file", "unsupported_format"])
+def test_bad_files_stop_before_the_first_node(task_project, files, message):
+    path = task_project / "conf" / "my_task" / "parameters.yml"
+    params = yaml.safe_load(path.read_text())
+    params["sources"]["topics"]["files"].update(files)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ParameterError, match=message):
+        _run(task_project, ["data_engineering"])
+    assert not (task_project / "data" / "03_primary").exists()

@@ -260,6 +260,23 @@ class SourceDataset(HubOrLocalDataset):
             splits[holdout.from_split] = self._holdout_part(whole).reset_index(drop=True)
         return splits
 
+    def _check_file(self, split: str) -> Path:
+        """The file of ``split``, after checking it exists and has a readable format."""
+        name = self._spec.files[split]
+        path = self._path(split, name)
+        if path.suffix.lower() not in READERS:
+            raise DatasetError(
+                f"sources.{self._name}.files.{split}: {path.name} is not one of "
+                f"{sorted(READERS)}; convert it or rename it with its format's suffix"
+            )
+        if not path.is_file():
+            where = f"{DATA_DIR_ENV}={self._data_dir()} or " if self._data_dir() else ""
+            raise DatasetError(
+                f"sources.{self._name}.files.{split}: {name} not found (looked in {where}"
+                f"{self._project_dir}); give an absolute path or a path relative to the project"
+            )
+        return path
+
     def _load_files_only(self, split: str) -> pd.DataFrame:
         return self._load_files([split])[split]
 
@@ -268,20 +285,8 @@ class SourceDataset(HubOrLocalDataset):
         for split, name in self._spec.files.items():
             if only is not None and split not in only:
                 continue
-            path = self._path(split, name)
-            reader = READERS.get("".join(path.suffixes[-1:]).lower())
-            if reader is None:
-                raise DatasetError(
-                    f"sources.{self._name}.files.{split}: {path.name} is not one of "
-                    f"{sorted(READERS)}; convert it or rename it with its format's suffix"
-                )
-            if not path.is_file():
-                where = f"{DATA_DIR_ENV}={self._data_dir()} or " if self._data_dir() else ""
-                raise DatasetError(
-                    f"sources.{self._name}.files.{split}: {name} not found (looked in {where}"
-                    f"{self._project_dir}); give an absolute path or a path relative to the project"
-                )
-            splits[split] = reader(path)
+            path = self._check_file(split)
+            splits[split] = READERS[path.suffix.lower()](path)
             logger.info("Loaded %d rows from %s", len(splits[split]), path)
         return splits
 
@@ -321,11 +326,12 @@ class SourceDataset(HubOrLocalDataset):
 
 
 def check_source_data(params: dict[str, Any]) -> None:
-    """Before the first node: every local classification source's labels are in its label map
-    and each label has enough rows for the stratified budgets and evaluation sets asked of it.
+    """Before the first node: every local source file exists in a readable format, and every
+    local classification source has its label column, only labels of its label map, and enough
+    rows of each label for the stratified budgets and evaluation sets asked of it.
 
-    Reads only the label column of local files (a source read from the Hub is checked by the
-    nodes); the nodes check again after cleaning, deduplication and the overlap removal.
+    A source read from the Hub is checked by the nodes; the nodes check the counts again after
+    cleaning, deduplication and the evaluation-overlap removal.
     """
     from mift_kedro.config import ParameterError
     from mift_kedro.pipelines.data_engineering.nodes import _label_key, _source_counts
@@ -344,13 +350,18 @@ def check_source_data(params: dict[str, Any]) -> None:
     for name, raw_spec in sources.items():
         spec = source_spec(raw_spec)
         dataset = SourceDataset(source=name, spec=raw_spec)
-        if spec.kind != "classification" or dataset._uses_hub():
+        if dataset._uses_hub():
+            continue
+        try:
+            for split in spec.files:
+                dataset._check_file(split)
+        except DatasetError as exc:
+            raise ParameterError(str(exc)) from None
+        if spec.kind != "classification":
             continue
         label_field, keys = spec.fields["label"], [str(k) for k in spec.labels]
         for split in spec.files:
             path = dataset._path(split, spec.files[split])
-            if not path.is_file():
-                continue  # the dataset names the missing file when it loads
             frame = dataset._load_files_only(split)
             if label_field not in frame.columns:
                 raise ParameterError(
