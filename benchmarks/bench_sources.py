@@ -140,7 +140,7 @@ def main() -> None:
         "pipeline_median_s": statistics.median(pipeline_seconds), "pipeline_max_s": max(pipeline_seconds),
         "outputs_equal": True, "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(record, indent=2))
+    sys.stdout.write(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(work)
 
 
