@@ -29,7 +29,8 @@ def _tiny_parameters() -> dict:
     params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")["parameters"]
     for spec in params["variants"].values():
         spec["budget"] = 8
-    params["eval_sets"] = {"sentiment": {"size": 4}, "out_of_sample": {"size": None}, "alpaca": {"size": 2}}
+    params["eval_sets"] = {"sentiment": {"size": 4, "table": "A"}, "out_of_sample": {"size": None, "table": "B"},
+                           "alpaca": {"size": 2, "table": "C"}}
     params["training"].update({"max_steps": 2, "effective_batch_size": 4, "batch_size": 4, "save_steps": 100})
     params["reporting"].update({"limit": 3, "max_new_tokens": {"sentiment": 3, "out_of_sample": 8, "alpaca": 8}})
     params["reporting"]["bootstrap"]["resamples"] = 100

@@ -158,7 +158,7 @@ def test_own_task_from_files_to_report_with_a_tiny_model(task_project, embedded_
     assert (topics["invalid_reason"].isna() == topics["predicted_label"].notna()).all()
     metrics = pd.read_csv(_latest(reporting / "metrics.csv"))
     topic_metrics = set(metrics.loc[metrics["eval_set"] == "topics", "metric"])
-    assert {"accuracy", "macro_f1", "invalid_rate", "recall[GEN]", "recall[WRITE]", "recall[DESC]"} <= topic_metrics
+    assert {"accuracy", "macro_f1", "invalid_rate", "recall/GEN", "recall/WRITE", "recall/DESC"} <= topic_metrics
     assert {"bleu", "rougeL", "bertscore_f1"} <= set(metrics.loc[metrics["eval_set"] == "chats", "metric"])
     assert "accuracy" not in set(metrics.loc[metrics["eval_set"] == "chats", "metric"])
     tables = reporting / "tables"

@@ -316,7 +316,7 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     # study-comparable evaluate_* metrics a family of their own; the floor's resample count
     study = metrics["metric"].str.startswith("evaluate_")
     assert study.any()
-    recall = metrics["metric"].str.startswith("recall[")  # each class's recall: a family of its own
+    recall = metrics["metric"].str.startswith("recall/")  # each class's recall: a family of its own
     for _, family in metrics.groupby(["eval_set", study, recall]):
         tested = family["p_value_vs_base"].notna()
         assert np.allclose(family.loc[tested, "p_holm_vs_base"], stats.holm(family.loc[tested, "p_value_vs_base"]))

@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 
 INVALID = -1
+#: Characters an MLflow metric name may not hold (a label becomes part of ``recall/<label>``).
+_METRIC_NAME_UNSAFE = re.compile(r"[^\w\-. :/]")
 _PUNCT = re.compile(r"[^\w\s]+", flags=re.UNICODE)
 
 
@@ -256,7 +258,7 @@ def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int], names: Sequence[str] | None = None
 ) -> list[Metric]:
     """Accuracy, macro-F1, invalid-answer rate and, with ``names``, each class's recall
-    (``recall[<name>]``); ``y_pred`` is :data:`INVALID` for an invalid answer."""
+    (``recall/<name>``); ``y_pred`` is :data:`INVALID` for an invalid answer."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     out = [
         mean_metric("accuracy", (y_true == y_pred).astype(float)),
@@ -264,7 +266,10 @@ def classification_metrics(
         mean_metric("invalid_rate", (y_pred == INVALID).astype(float), higher_is_better=False),
     ]
     if names is not None:
-        out += [recall_metric(y_true, y_pred, label, f"recall[{name}]") for label, name in zip(labels, names, strict=True)]
+        out += [
+            recall_metric(y_true, y_pred, label, f"recall/{_METRIC_NAME_UNSAFE.sub('_', str(name))}")
+            for label, name in zip(labels, names, strict=True)
+        ]
     return out
 
 

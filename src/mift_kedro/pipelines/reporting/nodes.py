@@ -428,7 +428,7 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
     # (each class's recall is a family of its own, so the table's headline tests keep theirs)
     family = np.where(
         frame["metric"].isin(EVALUATE_METRICS), "study",
-        np.where(frame["metric"].str.startswith("recall["), "recall", "table"),
+        np.where(frame["metric"].str.startswith("recall/"), "recall", "table"),
     )
     frame["p_holm_vs_base"] = frame.groupby(["eval_set", family])["p_value_vs_base"].transform(stats.holm)
     frame["bootstrap_resamples"] = cfg.bootstrap.resamples

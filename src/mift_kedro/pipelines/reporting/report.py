@@ -72,7 +72,7 @@ def _subset(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
     a table's Holm family is the comparisons it shows."""
     subset = metrics[
         (metrics["eval_set"] == eval_set) & ~metrics["metric"].isin(EVALUATE_METRICS)
-        & ~metrics["metric"].str.startswith("recall[")
+        & ~metrics["metric"].str.startswith("recall/")
     ]
     if subset.empty:
         raise ValueError(f"no metrics for evaluation set {eval_set!r}")
