@@ -206,3 +206,17 @@ def test_bad_files_stop_before_the_first_node(task_project, files, message):
     with pytest.raises(ParameterError, match=message):
         _run(task_project, ["data_engineering"])
     assert not (task_project / "data" / "03_primary").exists()
+
+
+@pytest.mark.parametrize(("answer", "label", "reason"), [
+    ("Writing task.", "WRITE", None),               # a multi-word answer phrase
+    ("write", "WRITE", None),                       # a synonym
+    ("Writing task, not a description", "WRITE", None),  # the phrase it starts with decides
+    ("This asks for a description.", "DESC", None),  # the only label named
+    ("generation or description?", "GEN", None),
+    ("I am not sure about description versus generation", None, M.SEVERAL_LABELS),
+    ("A writing", None, M.NO_LABEL),                # a word of a phrase is not the phrase
+    ("   ", None, M.EMPTY_ANSWER),
+])
+def test_answer_parser_reads_phrases_and_synonyms_and_says_why_invalid(answer, label, reason):
+    assert M.parse_answer(answer, LABELS) == (label, reason)
