@@ -104,7 +104,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_sources_"))
     (work / "data").mkdir()
     files = write_sources(work / "data", args.rows)
-    seconds, pipeline_seconds, hashes = [], [], []
+    seconds, pipeline_seconds, hashes, load_before = [], [], [], []
     for repeat in range(args.repeats):
         project = work / f"project{repeat}"
         project.mkdir()
@@ -117,6 +117,7 @@ def main() -> None:
         (project / "conf" / "bench" / "parameters.yml").write_text(yaml.safe_dump(parameters(files, args.budget, min(1200, args.rows // 25))))
         (project / "src").mkdir()
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        load_before.append(round(os.getloadavg()[0], 2))
         start = time.perf_counter()
         result = subprocess.run(
             [sys.executable, "-m", "kedro", "run", "--env", "bench", "--pipelines", "data_engineering"],
@@ -139,6 +140,8 @@ def main() -> None:
         "pipeline_seconds": pipeline_seconds, "pipeline_min_s": min(pipeline_seconds),
         "pipeline_median_s": statistics.median(pipeline_seconds), "pipeline_max_s": max(pipeline_seconds),
         "outputs_equal": True, "cpu_count": os.cpu_count(),
+        # the 1-minute load average before each repeat: other work on the same cores slows it
+        "load_average_before": load_before,
     }
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(work)
