@@ -40,7 +40,7 @@ class HoldoutSpec(StrictModel):
 
 
 class ClassificationFields(StrictModel):
-    text: list[str] = Field(min_length=1)
+    text: list[str] = Field(default_factory=lambda: ["text"], min_length=1)
     label: str = "label"
 
     @field_validator("text", mode="before")
