@@ -161,6 +161,9 @@ def test_own_task_from_files_to_report_with_a_tiny_model(task_project, embedded_
     assert {"accuracy", "macro_f1", "invalid_rate", "recall/GEN", "recall/WRITE", "recall/DESC"} <= topic_metrics
     assert {"bleu", "rougeL", "bertscore_f1"} <= set(metrics.loc[metrics["eval_set"] == "chats", "metric"])
     assert "accuracy" not in set(metrics.loc[metrics["eval_set"] == "chats", "metric"])
+    curve = pd.read_csv(_latest(reporting / "forgetting_curve.csv"))  # the configured sets, not sentiment's
+    assert list(dict.fromkeys(zip(curve["eval_set"], curve["metric"], strict=True))) == [
+        ("topics", "accuracy"), ("topics", "macro_f1"), ("chats", "rougeL"), ("chats", "bertscore_f1")]
     tables = reporting / "tables"
     assert _latest(tables / "table_T.md").read_text().startswith("## Evaluation set topics")
     assert _latest(tables / "table_chats.csv").is_file()

@@ -498,6 +498,17 @@ def build_report(
     return R.render_report(metrics, frame, parameters, curve, comparison, seed_summary)
 
 
+def curve_metrics(metrics: pd.DataFrame) -> list[tuple[str, str]]:
+    """The curve's default (eval_set, metric) pairs, in the sets' order: accuracy and macro-F1
+    of a classification set, ROUGE-L and BERTScore F1 of another (the default configuration:
+    sentiment, then out-of-sample and Alpaca)."""
+    pairs = []
+    for eval_set in R.ordered_sets(metrics["eval_set"]):
+        names = set(metrics.loc[metrics["eval_set"] == eval_set, "metric"])
+        pairs += [(eval_set, m) for m in (("accuracy", "macro_f1") if "accuracy" in names else ("rougeL", "bertscore_f1"))]
+    return pairs
+
+
 def build_forgetting_curve(
     metrics: pd.DataFrame,
     variants: dict[str, Any],
@@ -509,7 +520,8 @@ def build_forgetting_curve(
     variant's spread over seeds when there are several: table (CSV and Markdown) and plot."""
     pairs = reporting_params(reporting).forgetting_curve_metrics
     models = trained_models(variants, training_seeds)
-    curve = S.forgetting_curve(metrics, variants, pairs and [(p.eval_set, p.metric) for p in pairs], models=models)
+    chosen = [(p.eval_set, p.metric) for p in pairs] if pairs else curve_metrics(metrics)
+    curve = S.forgetting_curve(metrics, variants, chosen, models=models)
     return (
         curve,
         S.forgetting_curve_markdown(curve, seed_summary),
