@@ -22,6 +22,7 @@ from mift_kedro.hooks import (
     HubPreflightHooks,
     ParameterValidationHooks,
     PipelineTimingHooks,
+    RunParametersHooks,
     hub_requirements,
     missing_inputs,
     missing_inputs_message,
@@ -62,6 +63,8 @@ def test_validated_parameters_are_saved_with_the_run(tmp_path):
     catalog = DataCatalog({"run_parameters": JSONDataset(filepath=str(tmp_path / "params.json"))})
     catalog["parameters"] = params
     ParameterValidationHooks().before_pipeline_run({}, None, catalog)
+    assert not catalog.exists("run_parameters")  # saved only once every check has passed
+    RunParametersHooks().before_pipeline_run({}, None, catalog)
     assert catalog.load("run_parameters") == json.loads(json.dumps(params))
 
 

@@ -122,8 +122,17 @@ def training_seeds(params: dict[str, Any]) -> list[int]:
     return list(seeds)
 
 
-class ParameterError(ValueError):
+class ProjectError(Exception):
+    """An error the user can fix, whose message says how: ``kedro run`` prints the message
+    alone, without a traceback (:mod:`mift_kedro.cli`)."""
+
+
+class ParameterError(ProjectError, ValueError):
     """A parameter is missing or wrong; the message names the key and the fix."""
+
+
+class DataError(ProjectError, ValueError):
+    """Input data that cannot be read as it is; the message names the file, the line and the fix."""
 
 
 def format_validation_error(error: ValidationError, where: str) -> str:

@@ -5,7 +5,7 @@ result tables from them.
 curve, the spread over training seeds, the plots, each model's training record, the run's
 parameters and its per-pipeline timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
 ``manifest.json`` naming each file's dataset, version and SHA-256. ``render-readme`` replaces
-every block of the README between
+every block of the README and of the pages in ``docs/`` between
 
     <!-- results:<name>:<table>:start -->  and  <!-- results:<name>:<table>:end -->
 
@@ -262,6 +262,12 @@ def readme_blocks(text: str) -> list[tuple[str, str]]:
 # --- command line -------------------------------------------------------------------------
 
 
+def documents(root: Path = Path(".")) -> list[Path]:
+    """The Markdown pages whose results blocks ``render-readme`` keeps: the README and the
+    pages of ``docs/``."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mift_kedro.results", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -270,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("dest", type=Path, help="e.g. docs/results/demo")
     ex.add_argument("--project", type=Path, default=Path("."), help="the project that ran (default: .)")
     ex.add_argument("--env", default=None, help="the configuration environment the run used")
-    rd = commands.add_parser("render-readme", help="regenerate the README's results blocks")
-    rd.add_argument("--readme", type=Path, default=Path("README.md"))
+    rd = commands.add_parser("render-readme", help="regenerate the results blocks of README.md and docs/*.md")
+    rd.add_argument("--readme", type=Path, action="append", dest="pages",
+                    help="a Markdown page to render (repeatable; default: README.md and docs/*.md)")
     rd.add_argument("--results", type=Path, default=Path("docs/results"))
     rd.add_argument("--check", action="store_true", help="only compare; exit 1 when a block is out of date")
     args = parser.parse_args(argv)
@@ -281,21 +288,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported run {manifest['version']} to {args.dest}: {len(manifest['files'])} files"  # noqa: T201
                   + (f"; missing: {', '.join(manifest['missing'])}" if manifest["missing"] else ""))
             return 0
-        text = args.readme.read_text()
-        rendered = render_readme(text, args.results)
+        pages = {page: page.read_text() for page in args.pages or documents()}
+        rendered = {page: render_readme(text, args.results) for page, text in pages.items()}
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    if rendered == text:
-        print(f"{args.readme}: {len(readme_blocks(text))} results block(s) up to date")  # noqa: T201
-        return 0
-    if args.check:
-        diff = difflib.unified_diff(text.splitlines(True), rendered.splitlines(True), str(args.readme), "generated")
-        print("".join(diff), end="", file=sys.stderr)  # noqa: T201
-        print(f"{args.readme} disagrees with {args.results}: run `python -m mift_kedro.results render-readme`", file=sys.stderr)  # noqa: T201
+    stale = [page for page in pages if rendered[page] != pages[page]]
+    if args.check and stale:
+        for page in stale:
+            diff = difflib.unified_diff(pages[page].splitlines(True), rendered[page].splitlines(True), str(page), "generated")
+            print("".join(diff), end="", file=sys.stderr)  # noqa: T201
+            print(f"{page} disagrees with {args.results}: run `python -m mift_kedro.results render-readme`", file=sys.stderr)  # noqa: T201
         return 1
-    args.readme.write_text(rendered)
-    print(f"{args.readme}: {len(readme_blocks(rendered))} results block(s) regenerated")  # noqa: T201
+    for page in pages:
+        if page in stale:
+            page.write_text(rendered[page])
+        state = "regenerated" if page in stale else "up to date"
+        print(f"{page}: {len(readme_blocks(rendered[page]))} results block(s) {state}")  # noqa: T201
     return 0
 
 
