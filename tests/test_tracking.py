@@ -112,3 +112,46 @@ def test_each_session_closes_its_run_so_the_next_one_gets_its_own(kedro_project)
     client = mlflow.MlflowClient(f"sqlite:///{kedro_project / STORE}")
     runs = client.search_runs(client.get_experiment_by_name("mift_kedro").experiment_id)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+# --- what the project relies on in kedro-mlflow and in Kedro's hook order ------------------
+
+
+def test_parameters_are_logged_once_through_kedro_mlflows_node_hook(monkeypatch):
+    """TrackingHooks overrides `_log_param`, the method through which kedro-mlflow's
+    `MlflowHook.before_node_run` logs each parameter of a node: two nodes reading the same
+    block log it once. Fails when kedro-mlflow renames or bypasses that method."""
+    from kedro.pipeline import Node
+    from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+    logged = []
+    monkeypatch.setattr(mlflow, "log_param", lambda name, value: logged.append((name, value)))
+    hook = tracking.TrackingHooks()
+    hook._is_mlflow_enabled, hook.run_id = True, None  # as kedro-mlflow leaves them for a tracked pipeline
+    hook.flatten, hook.recursive, hook.sep = True, True, "."
+    hook.long_params_strategy = "fail"
+    node = Node(lambda *a: None, ["params:training", "params:seed"], None, name="n")
+    inputs = {"params:training": {"lora": {"r": 16}}, "params:seed": 42}
+    MlflowHook.before_node_run(hook, node, None, inputs, False)
+    MlflowHook.before_node_run(hook, node, None, inputs, False)
+    assert logged == [("training.lora.r", 16), ("seed", 42)]
+
+
+def test_before_pipeline_run_hooks_run_in_the_order_the_checks_need():
+    """Pluggy calls `before_pipeline_run` implementations in an order that settings.HOOKS
+    sets: parameters validated, then the missing inputs named, then the Hub preflight, then
+    run_parameters saved, and only then the MLflow run opened (a run that cannot start is
+    neither tracked nor saves its parameters)."""
+    import pluggy
+    from kedro.framework.hooks import specs
+
+    from mift_kedro import settings
+
+    manager = pluggy.PluginManager("kedro")
+    manager.add_hookspecs(specs.PipelineSpecs)
+    for hook in settings.HOOKS:
+        manager.register(hook)
+    called = [type(impl.plugin).__name__ for impl in reversed(manager.hook.before_pipeline_run.get_hookimpls())]
+    order = ["ParameterValidationHooks", "PipelineInputsHooks", "HubPreflightHooks", "RunParametersHooks",
+             "TrackingHooks"]
+    assert [name for name in called if name in order] == order
