@@ -43,6 +43,7 @@ def _assert_outputs_saved(project: Path) -> None:
         assert len(versions) == 1 and (versions[0] / Path(path).name).is_file(), path
 
 
+@pytest.mark.slow
 def test_an_unwritable_store_costs_the_run_nothing(tmp_path, shared_data):
     project = copy_project(tmp_path / "project")
     blocker = tmp_path / "a_file"
@@ -57,6 +58,7 @@ def test_an_unwritable_store_costs_the_run_nothing(tmp_path, shared_data):
     _assert_outputs_saved(project)
 
 
+@pytest.mark.slow
 def test_tracking_switched_off_leaves_the_store_untouched(tmp_path, shared_data):
     project = copy_project(tmp_path / "project")
     result = _kedro_run(project, shared_data, "--params", "tracking.enabled=false")
@@ -66,6 +68,7 @@ def test_tracking_switched_off_leaves_the_store_untouched(tmp_path, shared_data)
     _assert_outputs_saved(project)
 
 
+@pytest.mark.slow
 def test_a_failure_mid_run_closes_the_mlflow_run_and_keeps_the_outputs(kedro_project, monkeypatch, caplog):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -100,6 +103,7 @@ def test_a_relative_sqlite_store_is_taken_from_the_project_root(uri, expected):
     assert tracking.anchor_sqlite(uri, Path("/project")) == expected
 
 
+@pytest.mark.slow
 def test_each_session_closes_its_run_so_the_next_one_gets_its_own(kedro_project):
     """Two `kedro run`s in one process (a notebook, the test suite): each ends with no MLflow
     run active, and each is its own MLflow run (kedro-mlflow re-opens the run before every node;
