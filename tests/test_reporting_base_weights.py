@@ -20,7 +20,7 @@ from tests.conftest import tiny_llama
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 
 PARAMS = {"max_new_tokens": {"sentiment": 2, "out_of_sample": 2, "alpaca": 2}, "batch_size": 2,
-          "device": "cpu", "num_threads": 1, "quantization": "auto"}
+          "device": "cpu", "torch_threads": 1, "quantization": "auto"}
 VARIANTS = {"v": {"display_name": "FT-V", "budget": 4, "mix": {"sentiment": 1.0}}}
 
 

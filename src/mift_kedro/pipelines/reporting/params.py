@@ -65,7 +65,7 @@ class ReportingParams(StrictModel):
     base_display_name: str = Field(default="Base", min_length=1)
     batch_size: PositiveInt = 16
     device: str | None = Field(default=None, description="None: cuda if available, else cpu")
-    num_threads: PositiveInt | Literal["auto"] | None = Field(
+    torch_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto", description="CPU threads for generation; auto: the cores not busy (mift_kedro.threads)"
     )
     quantization: Literal["auto", "none", "4bit"] = Field(
