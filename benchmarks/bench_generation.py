@@ -20,7 +20,7 @@ prompts per second. Every configuration's answers must equal the project's (the 
 the differences and exits 1 otherwise). The ceiling is measured in the same run: one decode
 step at batch 1 and at batch 16, and how long the project's forward passes take (the shared
 prefix once, each prompt's own tokens, one step per answer token: what any exact method computes). The record goes to docs/results/bench/generation.json
-(``python -m mift_kedro.results render-readme`` puts it in the README).
+(``python -m mift_kedro.results render-readme`` puts it in docs/benchmarks.md).
 
     python benchmarks/bench_generation.py               # the record (~15 min on 2 cores)
     python benchmarks/bench_generation.py --smoke       # a quick try: 8 prompts, 1 repeat, no record
