@@ -290,11 +290,14 @@ def test_registry_lists_the_pipelines(kedro_project):
     from kedro.framework.project import pipelines
 
     bootstrap_project(kedro_project)
+    with KedroSession.create(project_path=kedro_project) as session:
+        session.load_context()  # the base environment's parameters, whatever an earlier test ran
     assert {"data_engineering", "training", "reporting", "__default__"} <= set(pipelines)
     namespaces = {n.namespace for n in pipelines["data_engineering"].nodes if n.namespace}
     assert namespaces == {"custom_only", "both_instructions"}
 
 
+@pytest.mark.slow
 def test_run_twice_keeps_both_versions(kedro_project):
     _run(kedro_project)
     _run(kedro_project)
@@ -307,6 +310,7 @@ def test_run_twice_keeps_both_versions(kedro_project):
         assert len(list((kedro_project / f"data/05_model_input/eval/{eval_set}.jsonl").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_bad_parameters_fail_before_any_work(kedro_project):
     params = kedro_project / "conf" / "local" / "parameters.yml"
     params.write_text("variants:\n  custom_only:\n    display_name: x\n    budget: 10\n    mix: {sentiment: 1.2}\n")
@@ -315,6 +319,7 @@ def test_bad_parameters_fail_before_any_work(kedro_project):
     assert not (kedro_project / "data" / "03_primary").exists()
 
 
+@pytest.mark.slow
 def test_offline_run_without_data_dir_fails_fast(kedro_project, monkeypatch):
     monkeypatch.delenv("MIFT_DATA_DIR")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
