@@ -92,3 +92,28 @@ def tokenize_example(
         "input_ids": input_ids,
         "completion_mask": [0] * len(prompt_ids) + [1] * (len(input_ids) - len(prompt_ids)),
     }
+
+
+def match_meta_inst_tokenization(tokenizer: Any) -> bool:
+    """Give an ``[INST]`` template's turns SentencePiece's dummy prefix, as Meta's reference code
+    does; True when the tokenizer needed it.
+
+    Meta's Llama-2 code (and Mistral's v1 tokenizer) encodes each ``[INST] … [/INST] …`` turn
+    with SentencePiece on its own, dummy prefix included: ``<s>``, ``▁[``, ``INST``… A
+    ``LlamaTokenizer`` loaded by transformers 5 (``legacy=False``) prepends ``▁`` only at the
+    very start of the text (Metaspace ``prepend_scheme="first"``), so ``<s>[INST]`` became
+    ``<s>``, ``[``, ``INST``: every prompt off the chat model's own distribution. Prepending
+    to every text segment between special tokens (``"always"``) restores Meta's ids.
+    """
+    from tokenizers import pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if not isinstance(pre, pre_tokenizers.Metaspace) or pre.prepend_scheme != "first":
+        return False
+    if "[INST]" in tokenizer.get_added_vocab() or not getattr(tokenizer, "chat_template", None):
+        return False  # [INST] as a control token (Mistral v3): no SentencePiece text to prefix
+    if "[INST]" not in render_prompt(tokenizer, user_message("x")):
+        return False
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=pre.replacement, prepend_scheme="always", split=pre.split)
+    return True

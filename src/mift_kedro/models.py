@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mift_kedro import hub
+from mift_kedro import chat, hub
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,8 @@ def load_tokenizer(ref: str) -> Any:
             "or set `base_model.chat_template` to a Jinja file (conf/llama2/"
             "chat_template_llama2.jinja is Llama-2-chat's) and rerun the training pipeline."
         )
+    if chat.match_meta_inst_tokenization(tokenizer):
+        logger.info("The [INST] turns of %s get SentencePiece's dummy prefix, as Meta's reference code encodes them", model.path)
     return tokenizer
 
 
