@@ -185,13 +185,24 @@ def default_device() -> str:
 
 
 def compute_dtype(device: str | None = None) -> Any:
-    """bf16 on GPUs that have it (fp16 on older ones), fp32 on CPU, where bf16 is far slower."""
+    """bf16 on GPUs that compute in it (Ampere, sm_80, and later), fp16 on older ones (Turing's
+    bf16 is emulated: ``is_bf16_supported()`` counts it, hence ``including_emulation=False``),
+    fp32 on CPU, where bf16 is far slower."""
     import torch
 
     device = device or default_device()
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
+
+
+def trainable_dtype(device: str | None = None) -> Any:
+    """The dtype of the LoRA weights: the compute dtype, except fp32 under fp16 compute, where
+    mixed precision's gradient scaler needs fp32 weights ("Attempting to unscale FP16 gradients")."""
+    import torch
+
+    dtype = compute_dtype(device)
+    return torch.float32 if dtype == torch.float16 else dtype
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -284,7 +284,7 @@ def build_trainer(
         callbacks=[TrainingProgress(name), *(callbacks or [])],
         max_length=params.max_length,
         overlong=params.overlong,
-        compute_dtype=models.compute_dtype(setup.device),
+        trainable_dtype=models.trainable_dtype(setup.device),
     )
     trainer.remove_callback(PrinterCallback)
     report = trainer.data_report

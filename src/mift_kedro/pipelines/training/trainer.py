@@ -15,9 +15,11 @@ loss) and flattens each batch into one padding-free row with the examples' bound
   flattened row into a block-diagonal mask and computes every pair of tokens.
 * **The overlong policy**: examples longer than ``training.max_length`` are dropped or
   truncated, and counted (``data_report``), instead of TRL's silent truncation.
-* **LoRA weights in the base weights' compute dtype**: TRL casts QLoRA adapters to bf16 (the
-  QLoRA paper's bf16 compute on GPUs); on the CPU the weights are fp32, so the adapters stay
-  fp32 there (master weights; ``training.sft.bf16: true`` adds bf16 autocast).
+* **LoRA weights in the dtype the device trains them in** (:func:`mift_kedro.models.trainable_dtype`):
+  TRL casts QLoRA adapters to bf16 (the QLoRA paper's bf16 compute on GPUs); on the CPU the
+  weights are fp32, so the adapters stay fp32 there (master weights; ``training.sft.bf16:
+  true`` adds bf16 autocast), and so they do under fp16 mixed precision (GPUs before Ampere),
+  whose gradient scaler cannot unscale fp16 gradients.
 """
 
 from __future__ import annotations
@@ -97,16 +99,16 @@ def fit_length(dataset: Any, max_length: int, overlong: str) -> tuple[Any, dict[
 
 class VariantSFTTrainer(SFTTrainer):
     """``SFTTrainer`` with the overlong policy on its tokenized data, LoRA weights kept in
-    ``compute_dtype`` (the base weights') and the loss computed at response positions only;
+    ``trainable_dtype`` and the loss computed at response positions only;
     ``data_report`` counts what the policy dropped or truncated."""
 
-    def __init__(self, *args: Any, max_length: int, overlong: str, compute_dtype: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_length: int, overlong: str, trainable_dtype: Any, **kwargs: Any) -> None:
         self.length_policy = (max_length, overlong)
         self.data_report: dict[str, int] = {}
         super().__init__(*args, **kwargs)
         for param in self.model.parameters():
-            if param.requires_grad and param.dtype != compute_dtype:
-                param.data = param.data.to(compute_dtype)
+            if param.requires_grad and param.dtype != trainable_dtype:
+                param.data = param.data.to(trainable_dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Cross-entropy of the response tokens, logits computed at their positions only."""
