@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mift_kedro.config import EVAL_SETS, ParameterError, seed_display_name, trained_models
-from mift_kedro.distributed import map_across_processes
+from mift_kedro.distributed import map_across_processes, on_main_process
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
 from mift_kedro.pipelines.reporting import seeds, stats
@@ -258,14 +258,14 @@ def score_predictions(
     start = time.perf_counter()
     scores = pd.DataFrame({**M.rouge_scores(preds, refs), **M.evaluate_rouge_scores(preds, refs)})
     bleu = pd.DataFrame(M.bleu_statistics(preds, refs), columns=M.BLEU_STAT_COLUMNS)
-    scores["bertscore_f1"] = M.bertscore_f1(
+    scores["bertscore_f1"] = on_main_process(lambda: M.bertscore_f1(  # once, not on every GPU
         preds, refs,
         model_type=cfg.bertscore.model_type,
         num_layers=cfg.bertscore.num_layers,
         batch_size=cfg.bertscore.batch_size,
         lang=cfg.bertscore.lang,
         rescale_with_baseline=cfg.bertscore.rescale_with_baseline,
-    )
+    ))
     labels = {int(k): v for k, v in sentiment_template["labels"].items()}
     is_sentiment = frame["eval_set"] == "sentiment"
     scores["predicted_label"] = [
