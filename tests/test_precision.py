@@ -69,3 +69,22 @@ def test_fp16_compute_keeps_trained_lora_weights_in_fp32(monkeypatch, llama2_sp_
     )
     dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
     assert dtypes == {torch.float32}
+
+
+def test_a_variant_loads_its_model_after_the_previous_ones_memory_is_freed(monkeypatch, llama2_sp_tokenizer, tmp_path):
+    """Two variants train in one process: the first's model, trainer and optimizer states must
+    be collected and the CUDA cache emptied before the second base model loads."""
+    import gc
+
+    from mift_kedro.pipelines.training import nodes
+    from tests.conftest import tiny_llama
+
+    events: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: events.append("gc") or 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("empty_cache"))
+    monkeypatch.setattr(models, "load_causal_lm", lambda *args, **kwargs: events.append("load") or tiny_llama(llama2_sp_tokenizer, 16))
+    params = training_params({"lora": {"r": 2}})
+    setup = nodes.Setup(None, nodes.batch_plan(params, 1), "cpu", False, None)
+    nodes.model_with_adapter(str(tmp_path), params, 0, setup)
+    assert events[:3] == ["gc", "empty_cache", "load"]

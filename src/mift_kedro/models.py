@@ -205,6 +205,19 @@ def trainable_dtype(device: str | None = None) -> Any:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+def free_memory() -> None:
+    """Return the memory of models no longer referenced (a variant trained before this one in
+    the same process, its trainer and optimizer states) before the next model loads: collect
+    reference cycles, then hand the CUDA allocator's cached blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 

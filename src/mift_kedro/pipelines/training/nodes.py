@@ -251,9 +251,11 @@ def checkpoint_location(
 
 def model_with_adapter(base_model: str, params: TrainingParams, seed: int, setup: Setup) -> Any:
     """The base model (fp32 on CPU, 4-bit NF4 for QLoRA), attending per example in padding-free
-    batches, wrapped in a seeded LoRA adapter."""
+    batches, wrapped in a seeded LoRA adapter; loaded once the memory of an earlier variant's
+    model is free."""
     from mift_kedro.pipelines.training.trainer import register_packed_attention
 
+    models.free_memory()  # the variant trained before this one in the same run
     model = models.load_causal_lm(base_model, params.quantization, setup.device)
     model.set_attn_implementation(register_packed_attention())  # attention per example
     return add_lora(model, params, seed, setup.gradient_checkpointing)
