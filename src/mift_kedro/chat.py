@@ -22,6 +22,12 @@ def user_message(instruction: str, input_text: str = "") -> list[Message]:
     return [{"role": "user", "content": content}]
 
 
+def system_message(content: str | None) -> list[Message]:
+    """A system turn; none for None or blank (how a chat template receives one depends on the
+    model: :func:`system_policy`)."""
+    return [{"role": "system", "content": content.strip()}] if content and content.strip() else []
+
+
 def assistant_message(output: str) -> list[Message]:
     return [{"role": "assistant", "content": output}]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mift_kedro.chat import assistant_message, user_message
+from mift_kedro.chat import assistant_message, system_message, user_message
 from mift_kedro.config import variant_spec
 from mift_kedro.pipelines.data_engineering.params import SentimentTemplate
 
@@ -83,13 +83,14 @@ def clean_alpaca(raw: pd.DataFrame, name: str = "alpaca") -> pd.DataFrame:
 
 
 def template_sentiment(tweets: pd.DataFrame, template: dict[str, Any]) -> pd.DataFrame:
-    """Each tweet as the custom instruction: a user prompt and the one-word answer."""
+    """Each tweet as the custom instruction: a user prompt (after the template's system prompt,
+    if it has one) and the one-word answer."""
     spec = SentimentTemplate.model_validate(template)
     return pd.DataFrame(
         {
             "id": [_stable_id("sentiment", t) for t in tweets["text"]],
             "source": "sentiment",
-            "prompt": [user_message(spec.instruction, t) for t in tweets["text"]],
+            "prompt": [system_message(spec.system) + user_message(spec.instruction, t) for t in tweets["text"]],
             "completion": [assistant_message(spec.labels[int(y)]) for y in tweets["feeling"]],
             "label": tweets["feeling"].astype(int).to_numpy(),
         },

@@ -13,6 +13,7 @@ class SentimentTemplate(StrictModel):
 
     instruction: str = Field(min_length=1)
     labels: dict[int, str]
+    system: str | None = Field(default=None, description="a system prompt before each tweet; None: none")
 
     @field_validator("labels")
     @classmethod

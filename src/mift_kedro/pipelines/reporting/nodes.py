@@ -313,6 +313,12 @@ def check_same_base(frame: pd.DataFrame) -> None:
     )
 
 
+#: Descriptive, not a quality: each model's mean answer length in words, so a reader sees why
+#: ROUGE or BERTScore differ (a label inside a sentence scores below the label alone); its
+#: difference from the base gets an interval but no test (outside the Holm family).
+ANSWER_LENGTH = "answer_words"
+
+
 def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M.Metric]:
     out: list[M.Metric] = []
     if eval_set == "sentiment":
@@ -328,6 +334,8 @@ def _metrics_for(rows: pd.DataFrame, eval_set: str, labels: list[int]) -> list[M
     out.append(M.evaluate_bleu_metric(bleu_stats))
     for kind in M.EVALUATE_ROUGE_KINDS:
         out.append(M.mean_metric(f"evaluate_{kind}", rows[f"evaluate_{kind}"].to_numpy()))
+    words = rows["prediction"].fillna("").astype(str).str.split().str.len()
+    out.append(M.mean_metric(ANSWER_LENGTH, words.to_numpy(), higher_is_better=False))
     return out
 
 
@@ -381,8 +389,8 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
                 if base is not None and model != "base":
                     test = M.paired_bootstrap(metric, base[i], weights, cfg.bootstrap.confidence)
                     record.update(
-                        delta_vs_base=test.delta, delta_ci_low=test.ci_low,
-                        delta_ci_high=test.ci_high, p_value_vs_base=test.p_value,
+                        delta_vs_base=test.delta, delta_ci_low=test.ci_low, delta_ci_high=test.ci_high,
+                        p_value_vs_base=test.p_value if metric.name != ANSWER_LENGTH else np.nan,
                     )
                 records.append(record)
     frame = pd.DataFrame(records, columns=METRIC_COLUMNS)

@@ -37,6 +37,7 @@ METRIC_LABELS = {
     "evaluate_rouge2": "ROUGE-2 F1 (evaluate, unstemmed)",
     "evaluate_rougeL": "ROUGE-L F1 (evaluate, unstemmed)",
     "evaluate_rougeLsum": "ROUGE-Lsum F1 (evaluate, unstemmed)",
+    "answer_words": "Answer length (mean words; descriptive, not tested)",
 }
 NOTES = {
     "sentiment": (
@@ -305,7 +306,7 @@ def metric_figure(metrics: pd.DataFrame, eval_set: str):
     from matplotlib.figure import Figure
 
     subset = _subset(metrics, eval_set)
-    order = _metric_order(subset)
+    order = [m for m in _metric_order(subset) if m != "answer_words"]  # words, not a 0-1 score
     models = _models(subset)
     fig = Figure(figsize=(max(6.0, 1.2 * len(order) + 2), 4.2), dpi=100, layout="constrained")
     ax = fig.subplots()
