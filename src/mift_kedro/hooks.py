@@ -130,8 +130,10 @@ class HubPreflightHooks:
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         start = time.perf_counter()
-        requirements = hub_requirements(pipeline, catalog, catalog.load("parameters"))
+        params = catalog.load("parameters")
+        requirements = hub_requirements(pipeline, catalog, params)
         if not requirements:
+            check_base_model(pipeline, params)
             return
         unpinned = [f"{r.repo} ({r.pin})" for r in requirements if r.pin and not r.repo.revision]
         if unpinned:
@@ -155,6 +157,16 @@ class HubPreflightHooks:
             "Hub preflight: %s cached or downloadable (%.1f s)",
             ", ".join(str(r.repo) for r in requirements), seconds,
         )
+        check_base_model(pipeline, params)
+
+
+def check_base_model(pipeline: Any, params: dict[str, Any]) -> None:
+    """The base model this run prepares is a causal LM with a chat template (or one configured)."""
+    from mift_kedro import models
+    from mift_kedro.pipelines.training.params import base_model_params
+
+    if "params:base_model" in pipeline.all_inputs():
+        models.check_supported(base_model_params(params["base_model"]).model_source())
 
 
 def hub_requirements(pipeline: Any, catalog: Any, params: dict[str, Any]) -> list[hub.Requirement]:

