@@ -133,7 +133,7 @@ def test_preflight_asks_an_unreachable_hub_once(monkeypatch):
 def _llama2_cache(offline_hub) -> None:
     """The llama2 run's Hub items, laid out in the caches as the libraries leave them."""
     index = {"metadata": {}, "weight_map": {f"layer.{s}": f"model-{s}.safetensors" for s in ("a", "b")}}
-    files = {"config.json": b"{}", "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
+    files = {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
              "model.safetensors.index.json": json.dumps(index).encode()}
     files |= {f"model-{s}.safetensors": s.encode() for s in ("a", "b")}
     hub_cache_repo(offline_hub.hub, "NousResearch/Llama-2-7b-chat-hf", files, sha=LLAMA2_SHA)
