@@ -220,6 +220,7 @@ def render(result: dict[str, Any]) -> str:
     s, p = result["settings"], result["parameters"]
     lora = s["lora"]
     targets = lora["target_modules"]
+    where = f"{len(targets)} projections" if isinstance(targets, list) else f"every linear layer but the LM head ({targets})"
     rows = [f"| {LABELS[k]} | {gib(v)} |" for k, v in result["memory_bytes"].items()]
     ddp = result["total_bytes_per_process_ddp"]
     card = next((gb for gb in (16, 24, 40, 48, 80) if gb * 10**9 >= ddp + GIB), None)
@@ -227,8 +228,7 @@ def render(result: dict[str, Any]) -> str:
         MARKERS[0],
         f"**Computed, not measured** (`{result['command']}`, figures from "
         "`docs/results/size_llama2.json`): Llama-2-7B's shapes on the meta device with the "
-        f"`conf/llama2` settings — 4-bit NF4, LoRA r={lora['r']} on "
-        f"{len(targets) if isinstance(targets, list) else targets} projections: "
+        f"`conf/llama2` settings — 4-bit NF4, LoRA r={lora['r']} on {where}: "
         f"**{p['trainable_lora']:,} trainable parameters** on a base of "
         f"{p['total_with_lora'] - p['trainable_lora']:,} — per process, "
         f"micro-batch {s['batch_size']} x {s['max_length']} tokens, gradient checkpointing:",

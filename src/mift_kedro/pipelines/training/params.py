@@ -62,7 +62,15 @@ class BaseModelParams(config.StrictModel):
     )
     name: str = Field(min_length=1, description="GGUF file name, Hub id or directory")
     revision: str | None = Field(
-        default=None, description="hub: the commit (or tag/branch) to load; None: the default branch"
+        default=None,
+        description="hub: the commit (or tag/branch) to load; None: the pinned_revisions entry of the "
+        "name, else the default branch",
+    )
+    pinned_revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description="hub id -> commit, used when revision is None: an environment pins its models "
+        "here, so `--params base_model.name=<hub id>` alone loads another model at its own pin "
+        "(or its default branch), never at the first model's commit",
     )
     chat_template: str | None = Field(
         default=None,
@@ -96,7 +104,7 @@ class BaseModelParams(config.StrictModel):
         return models.ModelSource(
             source=self.source,
             name=self.name,
-            revision=self.revision if self.source == "hub" else None,
+            revision=(self.revision or self.pinned_revisions.get(self.name)) if self.source == "hub" else None,
             chat_template=self.template_text(),
             chat_template_kwargs=self.chat_template_kwargs,
         )
