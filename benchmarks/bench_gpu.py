@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "quantization": params.quantization,
             "bnb_4bit": quantized,
             "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                     "target_modules": sorted(lora.target_modules)},
+                     "target_modules": sorted({name.rsplit(".", 1)[-1] for name in lora.target_modules})},
             "compute_dtype": str(dtype).removeprefix("torch."),
             "micro_batch_size": plan.per_process_batch_size,
             "gradient_accumulation_steps": plan.gradient_accumulation_steps,
