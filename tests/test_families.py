@@ -156,3 +156,23 @@ def test_unsupported_architecture_or_missing_template_stops_naming_the_fix(tmp_p
     with pytest.raises(models.UnsupportedModelError, match="no chat template.*base_model.chat_template"):
         models.check_supported(models.ModelSource("local", str(plain)))
     models.check_supported(models.ModelSource("local", str(plain), chat_template="{{ messages }}"))  # configured
+
+
+def test_preflight_stops_before_the_first_node_on_an_unsupported_model(tmp_path, monkeypatch, shared_data):
+    """The Hub preflight hook checks the configured base model of a run that prepares it."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+    from transformers import T5Config
+
+    from mift_kedro.hooks import HubPreflightHooks
+    from mift_kedro.pipelines.training import create_pipeline
+    from tests.conftest import PROJECT_ROOT
+
+    t5 = tmp_path / "t5"
+    T5Config(vocab_size=100, d_model=16, num_layers=1, num_heads=2).save_pretrained(t5)
+    monkeypatch.setenv("MIFT_DATA_DIR", str(shared_data))
+    conf = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")
+    catalog = DataCatalog.from_config(conf["catalog"])
+    catalog["parameters"] = {**conf["parameters"], "base_model": {"source": "local", "name": str(t5)}}
+    with pytest.raises(models.UnsupportedModelError, match="causal LM"):
+        HubPreflightHooks().before_pipeline_run({}, create_pipeline(variants=["custom_only"]), catalog)
