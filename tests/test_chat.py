@@ -149,3 +149,29 @@ def test_llama2_conversation_ids_equal_metas_sentencepiece_encoding(llama2_sp_to
     second_turn = prompt + completion + user_message("And now?")
     assert tokenize_prompt(tokenizer, render_prompt(tokenizer, second_turn)) == meta_llama2_ids(sp, second_turn)
     assert tokenizer.convert_ids_to_tokens(encoded["input_ids"][:2]) == ["<s>", "▁["]
+
+
+# --- the system-prompt policy, decided by a test render ------------------------------------------
+
+USER_ONLY = (  # drops a system turn silently, as some templates do
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+NO_LONE_USER = "{% if messages|length < 3 %}{{ raise_exception('give the whole exchange') }}{% endif %}x"
+
+
+@pytest.mark.parametrize(("template", "policy"), [(CHATML, "native"), (USER_ONLY, "merged"), (NO_LONE_USER, "refused")])
+def test_system_prompt_policy_is_decided_by_a_test_render(embedded_tokenizer, template, policy):
+    from mift_kedro.chat import conform, system_message, system_policy
+
+    embedded_tokenizer.chat_template = template
+    assert system_policy(embedded_tokenizer) == policy
+    prompt = system_message("Be brief.") + PROMPT
+    if policy == "refused":
+        with pytest.raises(ValueError, match="takes no system turn.*remove the system prompt"):
+            conform(embedded_tokenizer, prompt)
+        return
+    text = render_prompt(embedded_tokenizer, prompt)
+    assert "Be brief." in text  # never silently dropped
+    if policy == "merged":
+        assert text == "<|user|>Be brief.\n\nClassify the sentiment of the following tweet.\n\nwhat a lovely day<|end|><|assistant|>"

@@ -241,7 +241,7 @@ def load_tokenizer(ref: str) -> Any:
 
     model = resolve(ref, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(model.path, revision=model.revision)
-    if tokenizer.pad_token is None:  # Llama, Mistral, Qwen's base tokenizers: padding is masked out
+    if tokenizer.pad_token is None:  # Llama, Mistral, Phi-3 may have none: padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "chat_template", None):
         if model.chat_template and model.chat_template != tokenizer.chat_template:
