@@ -69,6 +69,14 @@ FAMILIES = {
                 "query_pre_attn_scalar": 16, "head_dim": 16},
         tokenizer_class="GemmaTokenizer", dummy_prefix=False,
     ),
+    "gemma3": Family(
+        "gemma3", "Gemma3TextConfig", "trl:gemma3", "sentencepiece", "<bos>", "<eos>", "<pad>",
+        ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"), "<end_of_turn>",
+        "native",  # its own template writes the system text into the first user turn
+        "<start_of_turn>model\n",
+        config={"sliding_window": 16, "query_pre_attn_scalar": 16, "head_dim": 16},
+        tokenizer_class="GemmaTokenizer", dummy_prefix=False,
+    ),
     "qwen3": Family(
         "qwen3", "Qwen3Config", "trl:qwen3", "bytelevel", None, "<|im_end|>", "<|endoftext|>",
         ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_end|>", "native",
