@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from mift_kedro.config import ProjectError
+
 logger = logging.getLogger(__name__)
 
 #: Seconds to wait for the Hub's answer before calling it unreachable.
@@ -26,7 +28,7 @@ _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-class HubUnreachableError(ConnectionError):
+class HubUnreachableError(ProjectError, ConnectionError):
     """Something must come from the Hub and cannot; the message says what to do instead."""
 
 
@@ -198,7 +200,7 @@ def _dataset_source_problem(repo: HubRepo, timeout: float) -> str | None:
 PARQUET_CONVERSION = "refs/convert/parquet"
 
 
-class DatasetSourceError(ValueError):
+class DatasetSourceError(ProjectError, ValueError):
     """A Hub dataset holds nothing ``datasets`` can load; the message names the fix."""
 
 
