@@ -59,7 +59,7 @@ class ParameterValidationHooks:
 
 def scores_benchmarks(pipeline: Any) -> bool:
     """The pipeline runs the reporting benchmark nodes (lm-evaluation-harness)."""
-    return any(node.name.rsplit(".", 1)[-1] == "score_benchmarks" for node in pipeline.nodes)
+    return pipeline is not None and any(n.name.rsplit(".", 1)[-1] == "score_benchmarks" for n in pipeline.nodes)
 
 
 class MissingInputsError(click.ClickException):
