@@ -171,7 +171,7 @@ def test_the_benchmark_table_and_report_show_ci_and_paired_tests():
     v = metrics[(metrics["model"] == "v") & (metrics["metric"] == "acc")].iloc[0]
     assert v["value"] == pytest.approx(samples[1]["acc"].mean())
     assert f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" in markdown and "Holm" in markdown
-    assert "### arc_easy" in markdown and "n = 120 questions" in markdown
+    assert "**arc_easy**" in markdown and "n = 120 questions" in markdown
     html = R.render_report(
         pd.DataFrame(columns=nodes.METRIC_COLUMNS),
         pd.DataFrame(columns=["model", "display_name", "eval_set", "id"]),

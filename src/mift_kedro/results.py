@@ -1,7 +1,8 @@
 """Results as data: keep a finished run's results in the repository, and write the README's
 result tables from them.
 
-``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the forgetting
+``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the standard
+benchmarks (metrics, table, plot), the forgetting
 curve, the spread over training seeds, the plots, each model's training record, the run's
 parameters and its per-pipeline timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
 ``manifest.json`` naming each file's dataset, version and SHA-256. ``render-readme`` replaces
@@ -11,7 +12,7 @@ every block of the README between
 
 with the table generated from ``docs/results/<name>/``; ``--check`` only compares, and fails
 when a block and the files disagree (the test suite runs it). Tables: ``table_A``,
-``table_B``, ``table_C``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
+``table_B``, ``table_C``, ``table_benchmarks``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
 (``pipeline_timings.json``) and ``training`` (the training records); ``results:bench:<name>`` blocks render the record a
 speed benchmark wrote to ``docs/results/bench/<name>.json``.
 
@@ -42,7 +43,10 @@ EXPORTS = {
     "forgetting_curve_md": "forgetting_curve.md",
     "seed_summary": "seed_summary.csv",
     "seed_summary_md": "seed_summary.md",
-    **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "forgetting_curve")},
+    "benchmark_metrics": "benchmark_metrics.csv",
+    "table_benchmarks_csv": "table_benchmarks.csv",
+    "table_benchmarks_md": "table_benchmarks.md",
+    **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "benchmarks", "forgetting_curve")},
     "run_parameters": "run_parameters.json",
     "pipeline_timings": "pipeline_timings.json",
 }
@@ -189,6 +193,7 @@ TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     **{f"table_{t}": (f"table_{t}.md", _markdown_file(f"table_{t}.md")) for t in "ABC"},
     "forgetting_curve": ("forgetting_curve.md", _markdown_file("forgetting_curve.md")),
     "seed_summary": ("seed_summary.md", _markdown_file("seed_summary.md")),
+    "table_benchmarks": ("table_benchmarks.md", _markdown_file("table_benchmarks.md")),
     "timings": ("pipeline_timings.json", _timings),
     "training": ("training_metrics/", _training),
 }

@@ -339,7 +339,7 @@ def benchmark_markdown(benchmarks: pd.DataFrame, summary: pd.DataFrame | None = 
         header, rows = table_rows(benchmarks, task, summary)
         subset = _subset(benchmarks, task)
         lines += [
-            "", f"### {task}", "",
+            "", f"**{task}**", "",
             f"n = {int(subset['n'].iloc[0])} questions. Cells: value [95% bootstrap CI]; for fine-tuned "
             "models also (Δ vs base, paired bootstrap p-value, Holm-adjusted p-value).",
             "", stats.family_note(subset, "on this task"),
