@@ -206,3 +206,25 @@ def test_default_parameters_score_arc_easy_from_the_shared_files(shared_data, mo
     spec = B.task_specs(cfg, shared_data)["arc_easy"]
     assert spec["dataset_kwargs"]["data_files"]["test"] == str(shared_data / "arc_easy" / "test.jsonl")
     assert cfg.limit and not cfg.apply_chat_template
+
+
+def test_the_cost_block_gives_seconds_per_100_questions_and_the_ci_width(tmp_path):
+    from mift_kedro import results
+
+    folder = tmp_path / "results" / "run"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "pipeline_timings.json").write_text(json.dumps({
+        "node_seconds": {"base.score_benchmarks": 50.0, "v.score_benchmarks": 62.5}, "pipeline_wall_s": 400.0,
+        "started_at": "2026-12-01T00:00:00+00:00", "host": {"platform": "Linux", "cpu_count": 2},
+    }))
+    rows = [("base", "Base", "acc", 0.5, 0.4, 0.6), ("base", "Base", "acc_norm", 0.4, 0.3, 0.5),
+            ("v", "FT-V", "acc", 0.45, 0.35, 0.56)]
+    (folder / "benchmark_metrics.csv").write_text(
+        "eval_set,model,display_name,metric,value,ci_low,ci_high,n\n"
+        + "".join(f"arc_easy,{m},{d},{k},{v},{lo},{hi},250\n" for m, d, k, v, lo, hi in rows))
+    block = "<!-- results:run:benchmark_cost:start -->\n<!-- results:run:benchmark_cost:end -->\n"
+    rendered = results.render_readme(block, folder.parent)
+    assert "| Base | arc_easy | 250 | 50 | 20 | 0.500 [0.400, 0.600] | 0.200 |" in rendered
+    assert "| FT-V | arc_easy | 250 | 62 | 25 | 0.450 [0.350, 0.560] | 0.210 |" in rendered
+    assert "acc_norm" not in rendered and "the whole run took 400 s" in rendered

@@ -42,10 +42,13 @@ def _model_nodes(bound: dict[str, Any], **given: str) -> list[Node]:
 def _base_pipeline(models: list[TrainedModel]) -> Pipeline:
     """The base model; its quantization (``auto``) is the one the adapters ran on."""
     predictions = [f"{m.name}.predictions" for m in models]
+    with warnings.catch_warnings():  # it reads the variants' namespaced `<model>.predictions` on purpose
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        quantization = Node(nodes.base_quantization, ["params:reporting", *predictions], "quantization",
+                            name="base_quantization")
     return pipeline(
         [
-            Node(nodes.base_quantization, ["params:reporting", *predictions], "quantization",
-                 name="base_quantization"),
+            quantization,
             *_model_nodes({"model_name": BASE}, display_name="params:reporting.base_display_name",
                           quantization="quantization"),
         ],
