@@ -117,12 +117,12 @@ def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp
     from peft import get_peft_model_state_dict
 
     original = qlora.load()
-    assert nodes.on_base(original, a, "4bit", "cpu") is original  # NF4 as asked: not reloaded
-    rehomed = nodes.on_base(original, a, "none", "cpu")
+    assert models.on_base(original, a, "4bit", "cpu") is original  # NF4 as asked: not reloaded
+    rehomed = models.on_base(original, a, "none", "cpu")
     assert models.loaded_quantization(original) == "4bit" and models.loaded_quantization(rehomed) == "none"
     lora = get_peft_model_state_dict(original)
     assert lora and all(torch.equal(lora[k], v) for k, v in get_peft_model_state_dict(rehomed).items())
-    assert nodes.on_base(rehomed, a, "none", "cpu") is rehomed  # already there: kept as it is
+    assert models.on_base(rehomed, a, "none", "cpu") is rehomed  # already there: kept as it is
     direct = AdapterDataset(filepath=str(tmp_path / "adapter"), load_args={"quantization": "none", "device": "cpu"})
     expected = nodes.predict(direct.load(), models.load_tokenizer(a), dict(zip(
         ("sentiment", "out_of_sample", "alpaca"), _frames(), strict=True)), forced, model_name="v", display_name="FT-V")

@@ -197,13 +197,6 @@ def base_quantization(params: dict[str, Any], *variant_predictions: pd.DataFrame
     return values.pop()
 
 
-def on_base(adapter: Any, ref: str, quantization: str, device: str | None) -> Any:
-    """:func:`mift_kedro.models.on_base` (kept here for callers of the reporting nodes)."""
-    from mift_kedro import models
-
-    return models.on_base(adapter, ref, quantization, device)
-
-
 # --- scoring -------------------------------------------------------------------------------
 
 
