@@ -228,3 +228,21 @@ def test_the_cost_block_gives_seconds_per_100_questions_and_the_ci_width(tmp_pat
     assert "| Base | arc_easy | 250 | 50 | 20 | 0.500 [0.400, 0.600] | 0.200 |" in rendered
     assert "| FT-V | arc_easy | 250 | 62 | 25 | 0.450 [0.350, 0.560] | 0.210 |" in rendered
     assert "acc_norm" not in rendered and "the whole run took 400 s" in rendered
+
+
+def test_every_model_is_scored_and_the_base_row_waits_for_the_adapters_quantization():
+    from mift_kedro.pipelines.reporting import create_pipeline
+
+    pipe = create_pipeline(variants=["custom_only", "both_instructions"])
+    outputs = pipe.all_outputs()
+    for model in ("base", "custom_only", "both_instructions"):
+        assert f"{model}.benchmark_samples" in outputs
+    assert {"benchmark_metrics", "table_benchmarks_md", "table_benchmarks_csv", "plot_benchmarks"} <= outputs
+    nodes_ = {n.name: n for n in pipe.nodes}
+    assert set(nodes_["base.base_quantization"].inputs) == {
+        "params:reporting", "custom_only.predictions", "both_instructions.predictions"}
+    assert "base.quantization" in nodes_["base.score_benchmarks"].inputs
+    assert "custom_only.adapter" in nodes_["custom_only.score_benchmarks"].inputs
+    assert nodes_["custom_only.score_benchmarks"].func.keywords == {"model_name": "custom_only"}
+    assert "benchmark_metrics" in nodes_["build_report"].inputs
+    assert "benchmark_metrics" in nodes_["build_forgetting_curve"].inputs
