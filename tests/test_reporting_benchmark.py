@@ -246,3 +246,14 @@ def test_every_model_is_scored_and_the_base_row_waits_for_the_adapters_quantizat
     assert nodes_["custom_only.score_benchmarks"].func.keywords == {"model_name": "custom_only"}
     assert "benchmark_metrics" in nodes_["build_report"].inputs
     assert "benchmark_metrics" in nodes_["build_forgetting_curve"].inputs
+
+
+def test_no_benchmark_configured_gives_empty_results_and_a_note():
+    params = {"max_new_tokens": {"sentiment": 1, "out_of_sample": 1, "alpaca": 1}, "benchmarks": {"tasks": {}}}
+    samples = nodes.score_benchmarks("never-loaded", params, 0)  # no model is loaded for no task
+    assert samples.empty and list(samples.columns) == B.SAMPLE_COLUMNS
+    metrics = nodes.compute_benchmark_metrics(params, 0, samples, pd.DataFrame())  # a saved empty file loads column-less
+    assert metrics.empty and list(metrics.columns) == nodes.METRIC_COLUMNS
+    frame, markdown = nodes.build_benchmark_table(metrics)
+    assert frame.empty and "No benchmark configured (`reporting.benchmarks.tasks`)" in markdown
+    assert nodes.plot_benchmarks(metrics) is not None
