@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 MIFT_DATA_DIR ?= $(abspath ../shared/data)
 export MIFT_DATA_DIR
 
-.PHONY: install test lint
+.PHONY: install test test-fast lint
 
 # torch first: a range resolved without it pulls several GB of CUDA wheels. GPU users
 # install their CUDA build of torch before `make install` and set TORCH_VERSION to it.
@@ -18,6 +18,10 @@ install:
 # end-to-end run, the llama2 rehearsal, the kedro-viz server) run once, not once per worker.
 test:
 	$(PYTHON) -m pytest -n 2 --dist loadfile --durations=15
+
+# The inner loop: the tests not marked slow (no end-to-end run, no multi-process run, no server).
+test-fast:
+	$(PYTHON) -m pytest -n 2 -m "not slow" -q --durations=10
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks

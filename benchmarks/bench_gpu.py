@@ -1,5 +1,5 @@
 """QLoRA training and generation speed of a Llama-2-7B-shaped model on one GPU, with the
-`conf/llama2` settings: written for the first GPU this project gets (it has not run on one yet).
+`conf/llama2` settings.
 
 Random weights, no Hub: Llama-2-7B's published shapes (``benchmarks/size_llama2.py``) are
 built with random bf16 weights on the device, saved to a temporary directory and loaded back

@@ -15,9 +15,6 @@ process; the configurations are interleaved and repeated (``--repeats``, default
   checkpointing on), fp32.
 * ``project-bf16`` and ``trl-best-bf16``: the same two with bf16 autocast (fp32 weights), for
   CPUs with bf16 matmul units (``training.sft: {bf16: true}`` in the pipeline; TRL's default).
-* ``before`` (with ``--before <commit>``): the same measurement by that commit's
-  ``benchmarks/bench_training.py --runs project``, in a temporary git worktree — the trainer
-  the project had then (e.g. 466140b: transformers' Trainer, own tokenization and collation).
 
 Reported per configuration: useful tokens/s (tokens of real examples; padding excluded), model
 FLOP/s, and their share of this machine's matmul peak in the run's precision (fp32 or bf16), measured before and after with the
@@ -27,16 +24,13 @@ layers, 6 N for the LoRA weights, causal attention, and the LM head only at the 
 loss. The first step of each run is a warm-up and is not timed.
 
     python benchmarks/bench_training.py                          # 5 repeats, 4 timed steps
-    python benchmarks/bench_training.py --repeats 5 --before 466140b
+    python benchmarks/bench_training.py --repeats 5 --profile    # the kept record
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -207,18 +201,6 @@ def run_trl(ref, frame, params, tmp, **overrides) -> float:
     return timer.seconds()
 
 
-def run_before(worktree: Path, steps: int, threads: int, variant: str) -> float:
-    """The earlier commit's own benchmark of its trainer, on the same examples and settings;
-    its JSON gives useful tokens/s over the same timed examples, converted back to seconds."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run(
-            [sys.executable, str(worktree / "benchmarks/bench_training.py"), "--runs", "project",
-             "--steps", str(steps - 1), "--threads", str(threads), "--variant", variant, "--json", out.name],
-            check=True, cwd=worktree, capture_output=True, text=True,
-        )
-        return json.loads(Path(out.name).read_text())["project"]["seconds"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", default="both_instructions")
@@ -226,7 +208,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", default="auto", help="CPU threads for every run, or auto")
     parser.add_argument("--runs", default="project,trl-best,trl-defaults,project-bf16,trl-best-bf16")
-    parser.add_argument("--before", help="a commit whose trainer to measure too (its bench_training.py)")
     parser.add_argument("--out", help="the record's path (default docs/results/bench/training.json)")
     parser.add_argument("--profile", action="store_true", help="also profile one project run (torch.profiler)")
     args = parser.parse_args()
@@ -270,20 +251,8 @@ def main() -> None:
             "trl-best-bf16": lambda: run_trl(ref, frame, params, tmp, **{**TRL_BEST, "bf16": True}),
         }
         runners = {name: runners[name] for name in args.runs.split(",")}
-        if args.before:
-            worktree = Path(tmp) / "before"
-            subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
-                           check=True, cwd=ROOT, capture_output=True)
-            inputs = worktree / "data/05_model_input"  # the same training set as this checkout's
-            shutil.rmtree(inputs, ignore_errors=True)
-            inputs.symlink_to(ROOT / "data/05_model_input")
-            runners["before"] = lambda: run_before(worktree, steps, threads, args.variant)
-        try:
-            seconds = common.interleaved(runners, args.repeats)
-            profile = profile_project(ref, frame, params, tmp) if args.profile else []
-        finally:
-            if args.before:
-                subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+        seconds = common.interleaved(runners, args.repeats)
+        profile = profile_project(ref, frame, params, tmp) if args.profile else []
     # the machine may be quieter now: the higher peak (the harder target)
     peaks = {"fp32": max(peaks["fp32"], matmul_peak(threads)),
              "bf16": max(peaks["bf16"], matmul_peak(threads, dtype=torch.bfloat16))}
@@ -293,7 +262,6 @@ def main() -> None:
         "project": "project (pipeline: SFTTrainer, padding-free, attention per example)",
         "trl-best": "TRL SFTTrainer: padding_free, completion-only, nll, max_length=None, no checkpointing",
         "trl-defaults": "TRL SFTTrainer: remaining defaults (padded, gradient checkpointing)",
-        "before": f"the trainer of commit {args.before} (transformers Trainer, own collation)",
         "project-bf16": "project, training.sft.bf16: true (fp32 weights)",
         "trl-best-bf16": "TRL at its best (as above), bf16=True (TRL's default precision)",
     }

@@ -10,7 +10,7 @@ writes one JSON record to ``docs/results/bench/<name>.json``:
      "notes": [...]}
 
 ``values`` are rates (higher is faster); ``project_speedup`` is the project's rate over this
-configuration's, repeat by repeat. The README's speed tables are rendered from these records
+configuration's, repeat by repeat. The speed tables of docs/benchmarks.md are rendered from these records
 by ``python -m mift_kedro.results render-readme`` (blocks ``results:bench:<name>``).
 """
 
@@ -113,7 +113,7 @@ def row(config: str, rates: list[float], project_rates: list[float] | None = Non
 
 
 def write_record(name: str, record: dict[str, Any], out: str | None = None) -> Path:
-    """Date, command and machine are added here; the file is what the README renders."""
+    """Date, command and machine are added here; the file is what docs/benchmarks.md renders."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     script = Path(sys.argv[0]).resolve()

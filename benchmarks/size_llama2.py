@@ -7,8 +7,8 @@ counts and dtypes are the libraries' own. Memory = those parameters' bytes (NF4 
 bitsandbytes quantizing a tensor of each layer's size), LoRA gradients and AdamW states, and
 activations from a stated formula. The assumptions are printed and kept in the JSON.
 
-    python benchmarks/size_llama2.py            # compute, print, write docs/results/size_llama2.json
-    python benchmarks/size_llama2.py --readme   # rewrite the README block from that JSON
+    python benchmarks/size_llama2.py            # compute, print, write docs/results/bench/size_llama2.json
+    python -m mift_kedro.results render-readme  # the docs' block (results:bench:size_llama2) from it
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-RESULT = ROOT / "docs/results/size_llama2.json"
-README = ROOT / "README.md"
-MARKERS = ("<!-- size_llama2:start -->", "<!-- size_llama2:end -->")
+RESULT = ROOT / "docs/results/bench/size_llama2.json"
 GIB = 2**30
 
 #: Llama-2-7b's published configuration (config.json of meta-llama/Llama-2-7b-chat-hf).
@@ -190,94 +188,30 @@ def compute(params: Any) -> dict[str, Any]:
     }
 
 
-LABELS = {
-    "nf4_weights": "NF4 base weights, with double-quantization constants",
-    "fp32_embeddings_head_norms": "Embeddings, LM head and norms (fp32 after prepare_model_for_kbit_training)",
-    "lora_weights": "LoRA weights (fp32)",
-    "lora_gradients": "LoRA gradients (fp32)",
-    "adamw_states": "AdamW states (2 x fp32)",
-    "activations_checkpointed_layer_inputs": "Activations: checkpointed layer inputs (fp32)",
-    "activations_recomputed_layer": "Activations: the layer recomputed in backward",
-    "activations_lm_head": "Activations: LM head (bound: every token a response token)",
-    "backward_buffers": "Backward buffers, largest dequantized weight",
-}
-
-
 def gib(value: int) -> str:
     return f"{value / GIB:.2f}"
-
-
-def render(result: dict[str, Any]) -> str:
-    """The README block (between the markers) for a result."""
-    s, p = result["settings"], result["parameters"]
-    lora = s["lora"]
-    targets = lora["target_modules"]
-    rows = [f"| {LABELS[k]} | {gib(v)} |" for k, v in result["memory_bytes"].items()]
-    ddp = result["total_bytes_per_process_ddp"]
-    card = next((gb for gb in (16, 24, 40, 48, 80) if gb * 10**9 >= ddp + GIB), None)
-    return "\n".join([
-        MARKERS[0],
-        f"**Computed, not measured** (`{result['command']}`, figures from "
-        "`docs/results/size_llama2.json`): Llama-2-7B's shapes on the meta device with the "
-        f"`conf/llama2` settings — 4-bit NF4, LoRA r={lora['r']} on "
-        f"{len(targets) if isinstance(targets, list) else targets} projections: "
-        f"**{p['trainable_lora']:,} trainable parameters** on a base of "
-        f"{p['total_with_lora'] - p['trainable_lora']:,} — per process, "
-        f"micro-batch {s['batch_size']} x {s['max_length']} tokens, gradient checkpointing:",
-        "",
-        "| per process | GiB |",
-        "|---|---:|",
-        *rows,
-        f"| **Total, one process** | **{gib(result['total_bytes_one_process'])}** |",
-        f"| DDP gradient buckets (several processes) | {gib(result['ddp_gradient_buckets_bytes'])} |",
-        f"| **Total per process under DDP** | **{gib(ddp)}** |",
-        "",
-        "Not counted: the CUDA context and the allocator's reserve (often 1 GiB or more)"
-        + (f"; with that, a {card} GB GPU per process holds it." if card else ".")
-        + " The assumptions behind each line are printed by the script and kept in the JSON. "
-        + "Optimizer steps per variant: "
-        + ", ".join(
-            f"{name} {-(-budget // s['effective_batch_size']):,} ({budget:,} examples / "
-            f"{s['effective_batch_size']})" for name, budget in s["budgets"].items()
-        )
-        + " (fewer where examples longer than max_length are dropped).",
-        MARKERS[1],
-    ])
 
 
 def say(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def replace_block(text: str, block: str) -> str:
-    start, end = text.index(MARKERS[0]), text.index(MARKERS[1]) + len(MARKERS[1])
-    return text[:start] + block + text[end:]
-
-
-def readme_block(text: str) -> str:
-    return text[text.index(MARKERS[0]): text.index(MARKERS[1]) + len(MARKERS[1])]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="rewrite README's block from the JSON")
-    args = parser.parse_args()
-    if args.readme:
-        block = render(json.loads(RESULT.read_text()))
-        README.write_text(replace_block(README.read_text(), block))
-        say(block)
-        return
+    parser.parse_args()
     import logging
+
+    from mift_kedro.results import render_memory
 
     logging.basicConfig(level=logging.WARNING)
     result = compute(llama2_training_params())
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    say(render(result))
+    say(render_memory(result))
     say("\nAssumptions:")
     for n, line in enumerate(ASSUMPTIONS, 1):
         say(f"  {n}. {line}")
-    say(f"\nWrote {RESULT.relative_to(ROOT)}; `python benchmarks/size_llama2.py --readme` updates README.md.")
+    say(f"\nWrote {RESULT.relative_to(ROOT)}; `python -m mift_kedro.results render-readme` updates the docs.")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,14 @@ LLAMA2_CHAT_TEMPLATE = (PROJECT_ROOT / "conf" / "llama2" / "chat_template_llama2
 
 def pytest_configure(config):
     """Ignore the library warnings the project ignores in runs; mark the session's processes
-    (workers and everything they start inherit the mark)."""
+    (workers and everything they start inherit the mark); and make the processes the tests start
+    (`kedro run`, servers) import this checkout's package, as the tests themselves do, whichever
+    checkout the environment has installed."""
     from mift_kedro.library_warnings import pytest_filters
+
+    source = str(PROJECT_ROOT / "src")
+    if source not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
 
     for line in pytest_filters():
         config.addinivalue_line("filterwarnings", line)

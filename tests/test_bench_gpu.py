@@ -16,7 +16,8 @@ import pytest
 from tests import processes
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")]
 
 SCRIPT = PROJECT_ROOT / "benchmarks/bench_gpu.py"
 

@@ -260,6 +260,7 @@ def test_registry_lists_the_pipelines(kedro_project):
     assert namespaces == {"custom_only", "both_instructions"}
 
 
+@pytest.mark.slow
 def test_run_twice_keeps_both_versions(kedro_project):
     _run(kedro_project)
     _run(kedro_project)
@@ -272,6 +273,7 @@ def test_run_twice_keeps_both_versions(kedro_project):
         assert len(list((kedro_project / f"data/05_model_input/eval/{eval_set}.jsonl").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_bad_parameters_fail_before_any_work(kedro_project):
     params = kedro_project / "conf" / "local" / "parameters.yml"
     params.write_text("variants:\n  custom_only:\n    display_name: x\n    budget: 10\n    mix: {sentiment: 1.2}\n")
@@ -280,6 +282,7 @@ def test_bad_parameters_fail_before_any_work(kedro_project):
     assert not (kedro_project / "data" / "02_intermediate").exists()
 
 
+@pytest.mark.slow
 def test_offline_run_without_data_dir_fails_fast(kedro_project, monkeypatch):
     monkeypatch.delenv("MIFT_DATA_DIR")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

@@ -22,6 +22,7 @@ from mift_kedro.hooks import (
     HubPreflightHooks,
     ParameterValidationHooks,
     PipelineTimingHooks,
+    RunParametersHooks,
     hub_requirements,
     missing_inputs,
     missing_inputs_message,
@@ -63,6 +64,8 @@ def test_validated_parameters_are_saved_with_the_run(tmp_path):
     catalog = DataCatalog({"run_parameters": JSONDataset(filepath=str(tmp_path / "params.json"))})
     catalog["parameters"] = params
     ParameterValidationHooks().before_pipeline_run({}, None, catalog)
+    assert not catalog.exists("run_parameters")  # saved only once every check has passed
+    RunParametersHooks().before_pipeline_run({}, None, catalog)
     assert catalog.load("run_parameters") == json.loads(json.dumps(params))
 
 
@@ -197,6 +200,7 @@ def test_the_defaults_ask_nothing_of_the_hub(monkeypatch, shared_data):
     HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
 
 
+@pytest.mark.slow
 def test_kedro_run_llama2_offline_fails_before_the_first_node(kedro_project, offline_hub, monkeypatch):
     """Through Kedro: validation first (a bad parameter wins), then the preflight, then no node."""
     monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
@@ -253,6 +257,7 @@ def test_missing_inputs_name_the_pipeline_that_makes_them(kedro_project):
     assert missing_inputs(registry["training"], catalog, registry) == {}
 
 
+@pytest.mark.slow
 def test_kedro_run_of_a_later_pipeline_first_says_what_to_run(kedro_project):
     """`kedro run --pipelines training` on a fresh clone: before the first node, one line
     naming the pipeline to run first, and no traceback."""

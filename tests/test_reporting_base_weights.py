@@ -20,7 +20,7 @@ from tests.conftest import tiny_llama
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 
 PARAMS = {"max_new_tokens": {"sentiment": 2, "out_of_sample": 2, "alpaca": 2}, "batch_size": 2,
-          "device": "cpu", "num_threads": 1, "quantization": "auto"}
+          "device": "cpu", "torch_threads": 1, "quantization": "auto"}
 VARIANTS = {"v": {"display_name": "FT-V", "budget": 4, "mix": {"sentiment": 1.0}}}
 
 
@@ -93,6 +93,7 @@ def test_signature_covers_large_tensors_to_their_last_byte():
     assert models.base_weights_signature(module)["base_checksum"] != before["base_checksum"]  # the byte sum
 
 
+@pytest.mark.slow
 def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp_path):
     a, _ = bases
     qlora = _saved_adapter(a, "4bit", tmp_path / "adapter")
@@ -129,6 +130,7 @@ def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp
     assert list(moved["prediction"]) == list(expected["prediction"])
 
 
+@pytest.mark.slow
 def test_a_variant_on_another_base_is_refused_at_scoring(bases, tmp_path):
     a, b = bases
     elsewhere = _saved_adapter(b, "none", tmp_path / "adapter_b").load()

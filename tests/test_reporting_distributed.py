@@ -29,7 +29,7 @@ PROMPTS = [
     ("Summarise.", "Kedro pipelines are made of nodes that read and write datasets."),
 ]
 PARAMS = {"max_new_tokens": {"sentiment": 6, "out_of_sample": 10, "alpaca": 10}, "batch_size": 2,
-          "num_threads": 1}
+          "torch_threads": 1}
 
 
 def _eval_sets() -> dict[str, pd.DataFrame]:

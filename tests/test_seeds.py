@@ -33,6 +33,7 @@ def _bound_seed(node) -> int:
 # --- the pipelines: a namespace per (variant, seed), one data mix per variant ----------------
 
 
+@pytest.mark.slow
 def test_seeds_env_builds_a_namespace_per_variant_and_seed(kedro_project):
     from kedro.framework.project import pipelines
 
@@ -64,6 +65,7 @@ def test_seeds_env_builds_a_namespace_per_variant_and_seed(kedro_project):
         assert {"seed_summary", "seed_summary_md"} <= pipelines["reporting"].all_outputs()
 
 
+@pytest.mark.slow
 def test_one_seed_keeps_the_variant_namespaces_and_follows_seed(kedro_project):
     """The default `training_seeds` is `[seed]`: the namespaces are the variants' as before, and
     `--params seed=7` moves the training seed with the data seed, as it always did."""
@@ -127,6 +129,7 @@ def test_validation_rejects_a_model_name_that_clashes():
 # --- the seed reaches the trainer --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_each_seed_namespace_trains_its_own_adapter_on_the_shared_training_set(tiny_model_dir, tmp_path):  # noqa: F811
     """The training pipeline run by Kedro's runner: two seeds of one variant read the same
     training set and give different adapters; a seed trained again gives the same one."""

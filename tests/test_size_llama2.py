@@ -1,6 +1,6 @@
-"""benchmarks/size_llama2.py: the 7B LoRA count, the README block from the JSON, the formula.
+"""benchmarks/size_llama2.py: the 7B LoRA count, the docs' table from the JSON, the formula.
 
-The README's GPU-memory figures are the script's rendering of docs/results/size_llama2.json,
+The docs' GPU-memory figures are the rendering of docs/results/bench/size_llama2.json,
 never typed by hand; the activation formula is checked against the tensors autograd actually
 saves in a tiny 4-bit LoRA Llama on the CPU.
 """
@@ -33,10 +33,16 @@ def test_llama2_lora_has_the_published_trainable_count_and_the_json_is_current()
     assert result["settings"] == json.loads(json.dumps(size.settings(params)))  # conf unchanged since
 
 
-def test_readme_block_is_the_rendering_of_the_json():
+def test_the_docs_table_is_the_rendering_of_the_json():
+    """The block `results:bench:size_llama2` renders the record (tests/test_docs.py checks that
+    the docs' block is up to date)."""
+    from mift_kedro import results
+
     result = json.loads(size.RESULT.read_text())
-    assert size.readme_block(size.README.read_text()) == size.render(result)
-    assert f"{result['parameters']['trainable_lora']:,}" in size.render(result)
+    table = results.render_block(size.RESULT.parents[1], "bench", "size_llama2")
+    assert f"**{result['parameters']['trainable_lora']:,} trainable parameters**" in table
+    total = f"| **Total per process under DDP** | **{result['total_bytes_per_process_ddp'] / 2**30:.2f}** |"
+    assert total in table
 
 
 def _saved_bytes_per_token(model_dir, layers: int, dropout: float, tokens: int, dims: dict) -> tuple[int, set]:

@@ -4,6 +4,7 @@ registry follows the environment of the session, in one process and on the comma
 import os
 import sys
 
+import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -17,6 +18,7 @@ def _variant_namespaces(pipeline) -> set[str]:
     return {n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace}
 
 
+@pytest.mark.slow
 def test_sweep_env_resolves_to_five_namespaces(kedro_project):
     """sweep, default, sweep again in one process, as a notebook does with `%reload_kedro --env`:
     each session's registry has its environment's variants (Kedro's public
@@ -41,6 +43,7 @@ def test_sweep_env_resolves_to_five_namespaces(kedro_project):
         assert _variant_namespaces(pipelines["__default__"]) == set(SWEEP) | {"base"}
 
 
+@pytest.mark.slow
 def test_registry_on_the_command_line_follows_kedro_env(kedro_project):
     """`kedro registry describe` builds no session: the registry reads ``KEDRO_ENV``."""
     command = [sys.executable, "-m", "kedro", "registry", "describe", "data_engineering"]

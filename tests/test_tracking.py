@@ -43,6 +43,7 @@ def _assert_outputs_saved(project: Path) -> None:
         assert len(versions) == 1 and (versions[0] / Path(path).name).is_file(), path
 
 
+@pytest.mark.slow
 def test_an_unwritable_store_costs_the_run_nothing(tmp_path, shared_data):
     project = copy_project(tmp_path / "project")
     blocker = tmp_path / "a_file"
@@ -57,6 +58,7 @@ def test_an_unwritable_store_costs_the_run_nothing(tmp_path, shared_data):
     _assert_outputs_saved(project)
 
 
+@pytest.mark.slow
 def test_tracking_switched_off_leaves_the_store_untouched(tmp_path, shared_data):
     project = copy_project(tmp_path / "project")
     result = _kedro_run(project, shared_data, "--params", "tracking.enabled=false")
@@ -66,6 +68,7 @@ def test_tracking_switched_off_leaves_the_store_untouched(tmp_path, shared_data)
     _assert_outputs_saved(project)
 
 
+@pytest.mark.slow
 def test_a_failure_mid_run_closes_the_mlflow_run_and_keeps_the_outputs(kedro_project, monkeypatch, caplog):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -100,6 +103,7 @@ def test_a_relative_sqlite_store_is_taken_from_the_project_root(uri, expected):
     assert tracking.anchor_sqlite(uri, Path("/project")) == expected
 
 
+@pytest.mark.slow
 def test_each_session_closes_its_run_so_the_next_one_gets_its_own(kedro_project):
     """Two `kedro run`s in one process (a notebook, the test suite): each ends with no MLflow
     run active, and each is its own MLflow run (kedro-mlflow re-opens the run before every node;
@@ -112,3 +116,46 @@ def test_each_session_closes_its_run_so_the_next_one_gets_its_own(kedro_project)
     client = mlflow.MlflowClient(f"sqlite:///{kedro_project / STORE}")
     runs = client.search_runs(client.get_experiment_by_name("mift_kedro").experiment_id)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+# --- what the project relies on in kedro-mlflow and in Kedro's hook order ------------------
+
+
+def test_parameters_are_logged_once_through_kedro_mlflows_node_hook(monkeypatch):
+    """TrackingHooks overrides `_log_param`, the method through which kedro-mlflow's
+    `MlflowHook.before_node_run` logs each parameter of a node: two nodes reading the same
+    block log it once. Fails when kedro-mlflow renames or bypasses that method."""
+    from kedro.pipeline import Node
+    from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+    logged = []
+    monkeypatch.setattr(mlflow, "log_param", lambda name, value: logged.append((name, value)))
+    hook = tracking.TrackingHooks()
+    hook._is_mlflow_enabled, hook.run_id = True, None  # as kedro-mlflow leaves them for a tracked pipeline
+    hook.flatten, hook.recursive, hook.sep = True, True, "."
+    hook.long_params_strategy = "fail"
+    node = Node(lambda *a: None, ["params:training", "params:seed"], None, name="n")
+    inputs = {"params:training": {"lora": {"r": 16}}, "params:seed": 42}
+    MlflowHook.before_node_run(hook, node, None, inputs, False)
+    MlflowHook.before_node_run(hook, node, None, inputs, False)
+    assert logged == [("training.lora.r", 16), ("seed", 42)]
+
+
+def test_before_pipeline_run_hooks_run_in_the_order_the_checks_need():
+    """Pluggy calls `before_pipeline_run` implementations in an order that settings.HOOKS
+    sets: parameters validated, then the missing inputs named, then the Hub preflight, then
+    run_parameters saved, and only then the MLflow run opened (a run that cannot start is
+    neither tracked nor saves its parameters)."""
+    import pluggy
+    from kedro.framework.hooks import specs
+
+    from mift_kedro import settings
+
+    manager = pluggy.PluginManager("kedro")
+    manager.add_hookspecs(specs.PipelineSpecs)
+    for hook in settings.HOOKS:
+        manager.register(hook)
+    called = [type(impl.plugin).__name__ for impl in reversed(manager.hook.before_pipeline_run.get_hookimpls())]
+    order = ["ParameterValidationHooks", "PipelineInputsHooks", "HubPreflightHooks", "RunParametersHooks",
+             "TrackingHooks"]
+    assert [name for name in called if name in order] == order

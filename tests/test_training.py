@@ -160,6 +160,7 @@ def test_sft_options_pass_through_to_trl_and_bad_ones_name_the_key(tiny_model_di
 # --- training, adapters, resuming --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_adapter_saves_an_adapter_that_loads_and_generates(tiny_model_dir, tmp_path):
     adapter, metrics = nodes.train_adapter(
         str(tiny_model_dir), sentiment_rows(), VARIANT, tiny_training(tmp_path), seed=1
@@ -204,6 +205,7 @@ def filesystem(request, tmp_path):
         memory.rm(root, recursive=True)
 
 
+@pytest.mark.slow
 def test_versioned_adapter_dataset_keeps_every_version(tiny_model_dir, tmp_path, filesystem):
     """Two saves, two versions; the latest and a given version load the weights saved."""
     from kedro.io import Version
@@ -276,6 +278,7 @@ def test_training_steps_work_without_kedro(tiny_model_dir, tmp_path):
     assert not adapter.training and adapter.get_base_model().config._attn_implementation == "sdpa"
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, tmp_path):
     args = (str(tiny_model_dir), sentiment_rows(), VARIANT)
     reference, _ = nodes.train_adapter(*args, tiny_training(tmp_path / "a"), seed=3)
@@ -296,6 +299,7 @@ def test_interrupted_run_resumes_and_ends_with_the_same_adapter(tiny_model_dir, 
     assert fresh["resumed_from"] is None
 
 
+@pytest.mark.slow
 def test_rerun_of_a_trained_variant_does_not_train_again(tiny_model_dir, tmp_path, caplog):
     """An interrupted sweep rerun: finished variants are reused from their final checkpoint."""
     args = (str(tiny_model_dir), sentiment_rows(), VARIANT, tiny_training(tmp_path))
@@ -317,6 +321,7 @@ def test_rerun_of_a_trained_variant_does_not_train_again(tiny_model_dir, tmp_pat
     assert "starting afresh" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_qlora_4bit_trains_and_reloads_on_cpu(tiny_model_dir, tmp_path):
     import bitsandbytes as bnb

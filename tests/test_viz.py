@@ -13,6 +13,8 @@ import pytest
 from tests import processes
 from tests.conftest import copy_project
 
+pytestmark = pytest.mark.slow  # a kedro-viz server
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 #: Instruction sources a variant can mix.
 SOURCES = ("sentiment", "alpaca")
@@ -122,8 +124,17 @@ def training_seeds(params: dict[str, Any]) -> list[int]:
     return list(seeds)
 
 
-class ParameterError(ValueError):
+class ProjectError(Exception):
+    """An error the user can fix, whose message says how: ``kedro run`` prints the message
+    alone, without a traceback (:mod:`mift_kedro.cli`)."""
+
+
+class ParameterError(ProjectError, ValueError):
     """A parameter is missing or wrong; the message names the key and the fix."""
+
+
+class DataError(ProjectError, ValueError):
+    """Input data that cannot be read as it is; the message names the file, the line and the fix."""
 
 
 def format_validation_error(error: ValidationError, where: str) -> str:
@@ -135,12 +146,18 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
+def validated(model: type[M], raw: Any, where: str) -> M:
+    """``raw`` parsed by the pydantic ``model``, or a :class:`ParameterError` with one line per
+    invalid key (``where`` names the block): the one wrapper every parameter block goes through."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ParameterError(format_validation_error(exc, where)) from None
+
+
 def variant_spec(spec: dict[str, Any]) -> VariantSpec:
     """Parse one variant's parameters (nodes call this; errors name the problem)."""
-    try:
-        return VariantSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise ParameterError(format_validation_error(exc, "a variant")) from None
+    return validated(VariantSpec, spec, "a variant")
 
 
 # --- the active configuration environment -------------------------------------------------

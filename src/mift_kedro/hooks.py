@@ -35,9 +35,7 @@ class ProjectConfigHooks:
 
 
 class ParameterValidationHooks:
-    """Validates every parameter block before the first node runs, so a typo costs seconds, and
-    saves them as ``run_parameters`` (versioned like the run's other outputs, so a run's
-    results and the parameters that produced them share one version)."""
+    """Validates every parameter block before the first node runs, so a typo costs seconds."""
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -54,7 +52,16 @@ class ParameterValidationHooks:
             "Parameters validated for variants: %s; training seeds: %s",
             ", ".join(params.get("variants", {})), ", ".join(map(str, config.training_seeds(params))),
         )
-        catalog.save("run_parameters", params)
+
+
+class RunParametersHooks:
+    """Saves the run's parameters as ``run_parameters`` (versioned like the run's other outputs,
+    so a run's results and the parameters that produced them share one version) once every
+    check has passed: a run that cannot start saves nothing."""
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        catalog.save("run_parameters", catalog.load("parameters"))
 
 
 def scores_benchmarks(pipeline: Any) -> bool:
@@ -84,10 +91,18 @@ class PipelineInputsHooks:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         from kedro.framework.project import pipelines
 
+        run_params = run_params or {}
         missing = missing_inputs(pipeline, catalog, pipelines)
+        shared = []
+        if missing and run_params.get("namespaces"):
+            selected = [pipelines[name] for name in (run_params.get("pipeline_names") or ["__default__"])]
+            shared = shared_nodes(missing, selected)
+            made = {output for node in shared for output in node.outputs}
+            missing = {name: makers for name, makers in missing.items() if name not in made}
         if missing:
-            env = (run_params or {}).get("env")
-            raise MissingInputsError(missing_inputs_message(missing, list(pipelines), env))
+            raise MissingInputsError(missing_inputs_message(missing, list(pipelines), run_params.get("env")))
+        if shared:
+            run_shared_nodes(shared, catalog)
 
 
 def missing_inputs(pipeline: Any, catalog: Any, registry: Any) -> dict[str, list[str]]:
@@ -108,6 +123,30 @@ def missing_inputs(pipeline: Any, catalog: Any, registry: Any) -> dict[str, list
             continue
         missing[name] = makers
     return missing
+
+
+def shared_nodes(missing: dict[str, list[str]], selected: list[Any]) -> list[Any]:
+    """The nodes outside every namespace, in the pipelines a ``--namespaces`` run selected, that
+    make one of its missing inputs from parameters alone: ``prepare_base_model`` for ``kedro
+    run --pipelines training --namespaces custom_only``. The namespace filter leaves them out,
+    yet the run needs what they make."""
+    return [
+        node for pipe in selected for node in pipe.nodes
+        if not node.namespace and set(node.outputs) & set(missing)
+        and all(name.startswith("params:") or name == "parameters" for name in node.inputs)
+    ]
+
+
+def run_shared_nodes(nodes: list[Any], catalog: Any) -> None:
+    """Run ``nodes`` (see :func:`shared_nodes`) before the pipeline, saving their outputs."""
+    from kedro.pipeline import Pipeline
+    from kedro.runner import SequentialRunner
+
+    logger.info("Running %s first: the namespace filter left out what makes %s",
+                ", ".join(node.name for node in nodes), ", ".join(o for n in nodes for o in n.outputs))
+    SequentialRunner().run(Pipeline(nodes), catalog)
+    if is_distributed():
+        distributed_state().wait_for_everyone()  # the main process has written them
 
 
 def missing_inputs_message(missing: dict[str, list[str]], order: list[str], env: str | None = None) -> str:

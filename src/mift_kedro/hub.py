@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mift_kedro.config import ProjectError
+
 logger = logging.getLogger(__name__)
 
 #: Seconds to wait for the Hub's answer before calling it unreachable.
@@ -26,7 +28,7 @@ _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-class HubUnreachableError(ConnectionError):
+class HubUnreachableError(ProjectError, ConnectionError):
     """Something must come from the Hub and cannot; the message says what to do instead."""
 
 

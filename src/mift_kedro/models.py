@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mift_kedro import hub
+from mift_kedro.config import ProjectError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ OFFLINE_HINT = (
 )
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(ProjectError, FileNotFoundError):
     """A base model cannot be found or fetched; the message says how to get it."""
 
 

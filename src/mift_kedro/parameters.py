@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from mift_kedro.config import ParameterError, format_validation_error, training_seeds
+from mift_kedro.config import ParameterError, training_seeds, validated
 from mift_kedro.pipelines.data_engineering.params import DataEngineeringParams
 from mift_kedro.pipelines.reporting.params import ReferenceStudyBlock, ReportingParams
 from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams
@@ -33,20 +33,23 @@ BLOCKS: dict[str, type[BaseModel]] = {
 def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
     """Validate all parameter blocks; raise one :class:`ParameterError` naming every problem."""
     problems = []
-    validated = None
+    data_engineering = None
     try:
-        validated = DataEngineeringParams.model_validate({k: params.get(k) for k in DataEngineeringParams.model_fields})
-    except ValidationError as exc:
-        problems.append(format_validation_error(exc, "data engineering parameters"))
+        data_engineering = validated(
+            DataEngineeringParams, {k: params.get(k) for k in DataEngineeringParams.model_fields},
+            "data engineering parameters",
+        )
+    except ParameterError as exc:
+        problems.append(str(exc))
     try:
         training_seeds(params)
     except ParameterError as exc:
         problems.append(f"Invalid parameters: {exc}")
     for block, model in BLOCKS.items():
         try:
-            model.model_validate(params.get(block))
-        except ValidationError as exc:
-            problems.append(format_validation_error(exc, f"`{block}`"))
+            validated(model, params.get(block), f"`{block}`")
+        except ParameterError as exc:
+            problems.append(str(exc))
     if problems:
         raise ParameterError("\n".join(problems))
-    return validated
+    return data_engineering

@@ -13,6 +13,7 @@ from mift_kedro.hooks import (  # noqa: E402
     PipelineInputsHooks,
     PipelineTimingHooks,
     ProjectConfigHooks,
+    RunParametersHooks,
 )
 from mift_kedro.tracking import TrackingHooks  # noqa: E402
 
@@ -20,7 +21,7 @@ from mift_kedro.tracking import TrackingHooks  # noqa: E402
 # parameters are validated, then PipelineInputsHooks names the pipeline that makes a missing
 # input; HubPreflightHooks runs after every other one (trylast), but before TrackingHooks (also
 # trylast: pluggy calls those in registration order), so a run that cannot start opens no MLflow
-# run.
+# run; RunParametersHooks (trylast, between them) saves run_parameters once every check passed.
 # MainProcessSavesHooks: under `accelerate launch`, only the main process writes artifacts.
 # TrackingHooks: kedro-mlflow's hook (conf/<env>/mlflow.yml) made failure-safe, with the
 # project's results; it replaces the instance the plugin registers itself.
@@ -29,6 +30,7 @@ HOOKS = (
     PipelineInputsHooks(),
     ParameterValidationHooks(),
     HubPreflightHooks(),
+    RunParametersHooks(),
     MainProcessSavesHooks(),
     PipelineTimingHooks(),
     TrackingHooks(),

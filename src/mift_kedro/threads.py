@@ -31,7 +31,7 @@ def free_cores(sample_s: float = 0.5) -> int:
 
 def use_cpu_threads(setting: int | str | None, device: str = "cpu") -> int | None:
     """Set torch's CPU threads from a parameter (``training.torch_threads``,
-    ``reporting.num_threads``) and return them: ``"auto"`` = :func:`free_cores`, a number as
+    ``reporting.torch_threads``) and return them: ``"auto"`` = :func:`free_cores`, a number as
     given, ``None`` torch's default. On a GPU device: a no-op that returns None."""
     import torch
 

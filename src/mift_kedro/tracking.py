@@ -44,7 +44,6 @@ from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
-from kedro_mlflow.framework.hooks.utils import _flatten_dict
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -157,7 +156,9 @@ class TrackingHooks(MlflowHook):
             super().before_node_run(node, catalog, params, is_async)
 
     def _log_param(self, name: str, value: Any) -> None:
-        """Each parameter once per run (many nodes read the same block)."""
+        """Each parameter once per run (many nodes read the same block). Overrides the method
+        through which ``MlflowHook.before_node_run`` logs every parameter: kedro-mlflow has no
+        public setting for this, and tests/test_tracking.py fails if that method changes."""
         if self._logged_params.get(name) != str(value):
             super()._log_param(name, value)
             self._logged_params[name] = str(value)
@@ -198,8 +199,10 @@ class TrackingHooks(MlflowHook):
     # --- what is logged ---------------------------------------------------------------------
 
     def _tracking(self) -> bool:
-        """kedro-mlflow started a run for this pipeline (mlflow.yml may disable some)."""
-        return self._is_mlflow_enabled and self.run_id is not None
+        """kedro-mlflow started a run for this pipeline and it is open (mlflow.yml may disable
+        tracking for some pipelines: then it starts none)."""
+        active = mlflow.active_run()
+        return self.run_id is not None and active is not None and active.info.run_id == self.run_id
 
     def _child(self, model: str, display_name: str) -> str:
         """The nested run of one model (base or a variant), created on first use."""
@@ -363,9 +366,20 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, as kedro-mlflow names a node's parameters."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def _params(tree: dict[str, Any]) -> list[Param]:
-    flat = _flatten_dict(tree, recursive=True, sep=".")
-    return [Param(key, str(value)[:6000]) for key, value in flat.items() if value is not None]
+    return [Param(key, str(value)[:6000]) for key, value in _flatten(tree).items() if value is not None]
 
 
 def _log_batch(run_id: str, metrics: list[Metric] = (), params: list[Param] = ()) -> None:

@@ -65,7 +65,7 @@ def predict(
 
     cfg = reporting_params(params)
     threads = torch.get_num_threads()
-    use_cpu_threads(cfg.num_threads, model_device(model).type)
+    use_cpu_threads(cfg.torch_threads, model_device(model).type)
     try:
         rows = _predict_rows(model, tokenizer, eval_sets, cfg, model_name, display_name, seed)
     finally:

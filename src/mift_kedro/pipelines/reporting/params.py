@@ -13,7 +13,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     RootModel,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -22,7 +21,7 @@ from mift_kedro.config import (
     EVAL_SETS,
     ParameterError,
     StrictModel,
-    format_validation_error,
+    validated,
 )
 
 
@@ -95,7 +94,7 @@ class ReportingParams(StrictModel):
     base_display_name: str = Field(default="Base", min_length=1)
     batch_size: PositiveInt = 16
     device: str | None = Field(default=None, description="None: cuda if available, else cpu")
-    num_threads: PositiveInt | Literal["auto"] | None = Field(
+    torch_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto", description="CPU threads for generation; auto: the cores not busy (mift_kedro.threads)"
     )
     quantization: Literal["auto", "none", "4bit"] = Field(
@@ -166,18 +165,12 @@ class ReferenceStudyBlock(RootModel[ReferenceStudy | None]):
 
 def reference_study(raw: dict[str, Any] | None) -> ReferenceStudy:
     """Parse ``reference_study``; null gives the study columns with no figures."""
-    try:
-        return ReferenceStudyBlock.model_validate(raw).root or ReferenceStudy()
-    except ValidationError as exc:
-        raise ParameterError(format_validation_error(exc, "`reference_study`")) from None
+    return validated(ReferenceStudyBlock, raw, "`reference_study`").root or ReferenceStudy()
 
 
 def reporting_params(raw: dict[str, Any] | ReportingParams) -> ReportingParams:
     """Parse the ``reporting`` block (nodes call this; errors name the key and the fix)."""
     if isinstance(raw, ReportingParams):
         return raw
-    try:
-        return ReportingParams.model_validate(raw)
-    except ValidationError as exc:
-        raise ParameterError(format_validation_error(exc, "`reporting`")) from None
+    return validated(ReportingParams, raw, "`reporting`")
 

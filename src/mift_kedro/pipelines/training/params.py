@@ -15,7 +15,6 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     model_validator,
 )
 
@@ -191,15 +190,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def training_params(training: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainingParams:
     """The `training` block with a variant's overrides merged in (nested keys merge)."""
-    try:
-        return TrainingParams.model_validate(_merge(training or {}, overrides or {}))
-    except ValidationError as exc:
-        where = "`training` with the variant's `training` overrides" if overrides else "`training`"
-        raise config.ParameterError(config.format_validation_error(exc, where)) from None
+    where = "`training` with the variant's `training` overrides" if overrides else "`training`"
+    return config.validated(TrainingParams, _merge(training or {}, overrides or {}), where)
 
 
 def base_model_params(base_model: dict[str, Any]) -> BaseModelParams:
-    try:
-        return BaseModelParams.model_validate(base_model)
-    except ValidationError as exc:
-        raise config.ParameterError(config.format_validation_error(exc, "`base_model`")) from None
+    return config.validated(BaseModelParams, base_model, "`base_model`")
