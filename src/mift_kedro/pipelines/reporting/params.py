@@ -19,7 +19,6 @@ from pydantic import (
 
 from mift_kedro.config import (
     EVAL_SETS,
-    ParameterError,
     StrictModel,
     validated,
 )
