@@ -44,7 +44,7 @@ from mift_kedro.datasets import AdapterDataset
 from mift_kedro.pipelines.reporting import nodes
 base, adapter, limit, batch, threads, out = sys.argv[1:7]
 params = {"max_new_tokens": {"sentiment": 1, "out_of_sample": 1, "alpaca": 1}, "device": "cpu",
-          "num_threads": int(threads), "quantization": "auto",
+          "torch_threads": int(threads), "quantization": "auto",
           "benchmarks": {"tasks": {"arc_easy": {"local_dir": "arc_easy"}}, "limit": int(limit), "batch_size": int(batch)}}
 rows = nodes.score_benchmarks(base, params, 0, model_name="v", variant={"display_name": "v"},
                               adapter=AdapterDataset(filepath=adapter, load_args={"device": "cpu"}).load())

@@ -257,3 +257,28 @@ def test_no_benchmark_configured_gives_empty_results_and_a_note():
     frame, markdown = nodes.build_benchmark_table(metrics)
     assert frame.empty and "No benchmark configured (`reporting.benchmarks.tasks`)" in markdown
     assert nodes.plot_benchmarks(metrics) is not None
+
+
+def test_the_node_scores_a_saved_base_and_its_adapter_on_one_base(tmp_path, embedded_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from mift_kedro import models
+    from mift_kedro.datasets import AdapterDataset
+    from tests.conftest import save_model_dir
+
+    base = str(save_model_dir(tmp_path / "base", embedded_tokenizer, hidden_size=48))
+    torch.manual_seed(2)
+    tuned = get_peft_model(models.load_causal_lm(base, "none", "cpu"),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    AdapterDataset(filepath=str(tmp_path / "adapter")).save(tuned)
+    params = {"max_new_tokens": {"sentiment": 1, "out_of_sample": 1, "alpaca": 1}, "device": "cpu", "torch_threads": 1,
+              "benchmarks": {"tasks": {"arc_easy": {"local_dir": str(_write_task(tmp_path / "mini"))}}, "batch_size": 4}}
+    base_rows = nodes.score_benchmarks(base, params, 0, display_name="Base", quantization="none")
+    adapter = AdapterDataset(filepath=str(tmp_path / "adapter"), load_args={"device": "cpu"}).load()
+    variant_rows = nodes.score_benchmarks(base, params, 0, model_name="v", variant={"display_name": "FT-V"}, adapter=adapter)
+    assert set(base_rows["display_name"]) == {"Base"} and set(variant_rows["display_name"]) == {"FT-V"}
+    assert list(base_rows["id"]) == list(variant_rows["id"]) == [q["id"] for q in QUESTIONS]
+    assert set(variant_rows["base_checksum"]) == set(base_rows["base_checksum"])  # the same base weights
+    assert not np.allclose(np.concatenate(base_rows["loglikelihoods"]), np.concatenate(variant_rows["loglikelihoods"]))
+    metrics = nodes.compute_benchmark_metrics(params, 0, base_rows, variant_rows)
+    assert set(metrics["model"]) == {"base", "v"} and (metrics["n"] == len(QUESTIONS)).all()

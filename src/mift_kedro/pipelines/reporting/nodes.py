@@ -389,7 +389,7 @@ def score_benchmarks(
         return pd.DataFrame(columns=B.SAMPLE_COLUMNS)
     model, tokenizer = evaluated_model(base_model, adapter, quantization, cfg)
     threads = torch.get_num_threads()
-    use_cpu_threads(cfg.num_threads, model_device(model).type)
+    use_cpu_threads(cfg.torch_threads, model_device(model).type)
     try:
         return B.evaluate(
             model, tokenizer, cfg.benchmarks, model_name=model_name, seed=seed, root=B.data_dir(),
