@@ -33,6 +33,7 @@ def _tiny_parameters() -> dict:
     params["training"].update({"max_steps": 2, "effective_batch_size": 4, "batch_size": 4, "save_steps": 100})
     params["reporting"].update({"limit": 3, "max_new_tokens": {"sentiment": 3, "out_of_sample": 8, "alpaca": 8}})
     params["reporting"]["bootstrap"]["resamples"] = 100
+    params["reporting"]["benchmarks"]["limit"] = 4
     return params
 
 

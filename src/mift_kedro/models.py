@@ -490,3 +490,71 @@ def read_source(model_dir: str | Path) -> dict[str, Any] | None:
 
 def write_source(model_dir: str | Path, source: ModelSource) -> None:
     (Path(model_dir) / SOURCE_FILE).write_text(json.dumps(source.to_dict(), indent=2))
+
+
+# --- loading a model for evaluation (reporting) ------------------------------------------
+
+
+def adapter_record(adapter: Any) -> dict[str, str]:
+    """What an adapter says about its base: the ref it was trained on (peft's config) and the
+    quantization its base was loaded with, which :class:`mift_kedro.datasets.AdapterDataset`
+    takes from the adapter's saved record (``mift_adapter.json``)."""
+    ref = next((getattr(c, "base_model_name_or_path", None) for c in (adapter.peft_config or {}).values()), None)
+    return {"base_model": str(ref or ""), "quantization": loaded_quantization(adapter)}
+
+
+def on_base(adapter: Any, ref: str, quantization: str, device: str | None) -> Any:
+    """``adapter`` on the base :func:`load_causal_lm` gives for these settings.
+
+    Kept as it is when its base already has that quantization, device and dtype; otherwise
+    its LoRA weights are put on a freshly loaded base (peft's state-dict functions), so that,
+    e.g., a QLoRA adapter is evaluated on bf16 weights when ``reporting.quantization: none``
+    asks for it, exactly like the base row.
+    """
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    device = device or default_device()
+    current = next(adapter.parameters()).device
+    wanted = torch.device(device)
+    same_device = current.type == wanted.type and (wanted.index is None or current.index == wanted.index)
+    if (
+        loaded_quantization(adapter) == quantization
+        and same_device
+        and adapter.get_base_model().dtype == compute_dtype(device)
+    ):
+        return adapter
+    name = adapter.active_adapter
+    logger.info(
+        "Moving adapter %r from a %s base on %s to a %s base on %s (the base row's)",
+        name, loaded_quantization(adapter), current, quantization, device,
+    )
+    state = get_peft_model_state_dict(adapter, adapter_name=name)
+    config = adapter.peft_config[name]
+    base = load_causal_lm(ref, quantization=quantization, device=device)
+    moved = get_peft_model(base, config, adapter_name=name)
+    set_peft_model_state_dict(moved, state, adapter_name=name)
+    return moved.eval()
+
+
+def load_for_evaluation(
+    base_model: str, adapter: Any = None, quantization: str = "none", device: str | None = None
+) -> tuple[Any, Any]:
+    """The model one reporting row evaluates, and its tokenizer: ``base_model`` loaded with
+    ``quantization``, or ``adapter`` (a loaded ``PeftModel``; no merge) on that base, its
+    recorded base's tokenizer. ``quantization`` ``auto`` is, for an adapter, its own record's."""
+    if adapter is None:
+        if quantization == "auto":
+            raise ValueError("quantization='auto' needs an adapter (its record) or a resolved value")
+        return load_causal_lm(base_model, quantization=quantization, device=device), load_tokenizer(base_model)
+    record = adapter_record(adapter)
+    recorded = record["base_model"]
+    same = recorded and (recorded == str(base_model) or Path(recorded).resolve() == Path(str(base_model)).resolve())
+    if recorded and not same:
+        logger.warning(
+            "The adapter records base model %r, the catalog's base_model is %r; using the "
+            "adapter's tokenizer source %r", recorded, base_model, recorded,
+        )
+    ref = recorded or str(base_model)
+    quantization = record["quantization"] if quantization == "auto" else quantization
+    return on_base(adapter, ref, quantization, device), load_tokenizer(ref)
