@@ -19,8 +19,9 @@ Model FLOPs per example are ``bench_training.flops_per_example`` (forward
 and input-gradient backward through the frozen base, 6 N for the LoRA weights, causal
 attention, the LM head at loss tokens; gradient checkpointing's recomputation not counted);
 MFU is their rate over the dense matmul peak measured first, in the same run and dtype.
-Generation: plain left-padded ``model.generate`` (greedy, ``min_new_tokens`` =
-``max_new_tokens``, so no row stops early) on random prompts of the data's prompt lengths,
+Generation: the reporting pipeline's own decode loop (``generation.generate_ids``, which
+``generation.generate`` runs: prefill in length groups, the KV cache; greedy, no stop token,
+so every row makes exactly ``--new-tokens``) on random prompts of the data's prompt lengths,
 for the freshly loaded 4-bit base and for base + the trained adapter
 (``PeftModel.from_pretrained``, as the reporting pipeline loads adapters).
 
@@ -89,7 +90,7 @@ def lengths_tokenizer() -> tuple[Any, str, bool]:
     stand-in; either with conf/llama2's chat template. Returns (tokenizer, name, is_llama2)."""
     from transformers import AutoTokenizer
 
-    from mift_kedro import models
+    from mift_kedro import chat, models
 
     base = llama2_conf()["base_model"]
     template = (ROOT / base["chat_template"]).read_text()
@@ -100,6 +101,7 @@ def lengths_tokenizer() -> tuple[Any, str, bool]:
         tokenizer = models.load_tokenizer(model_ref())
         name, is_llama2 = f"{models.EMBEDDED_GGUF} (stand-in: no Llama-2 tokenizer in the local Hub cache)", False
     tokenizer.chat_template = template  # Llama-2-chat's rendering, whatever the tokenizer
+    chat.match_meta_inst_tokenization(tokenizer)  # as models.load_tokenizer does for Llama-2
     return tokenizer, name, is_llama2
 
 
@@ -195,17 +197,11 @@ def training_examples(lengths: list[tuple[int, int]], vocab: int, generator: Any
     ]
 
 
-def prompt_batch(lengths: list[int], vocab: int, generator: Any) -> dict[str, Any]:
-    """Random prompts of these lengths, left-padded for generation."""
+def prompt_ids(lengths: list[int], vocab: int, generator: Any) -> list[list[int]]:
+    """Random prompts (token ids) of these lengths."""
     import torch
 
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, width - n :] = torch.randint(3, vocab, (n,), generator=generator)
-        mask[row, width - n :] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
 # --- device measurements -----------------------------------------------------------------------
@@ -312,28 +308,29 @@ def train(model: Any, params: Any, setup: Any, stream: Examples, vocab: int, wor
     }
 
 
-def generate(model: Any, prompts: list[dict[str, Any]], new_tokens: int, device: str) -> dict[str, Any]:
-    """Greedy batched ``generate`` of exactly ``new_tokens`` per row; the first batch is a
-    short untimed warm-up."""
-    import torch
+def generate(model: Any, prompts: list[list[list[int]]], new_tokens: int, device: str) -> dict[str, Any]:
+    """The reporting pipeline's own decode loop (``generation.generate_ids``: prefill in
+    length groups, KV cache, finished rows leave the batch), greedy, on batches of prompts,
+    exactly ``new_tokens`` per row (no stop token); the first batch is a short untimed warm-up."""
+    from mift_kedro.pipelines.reporting.generation import generate_ids
 
-    kwargs = {"do_sample": False, "pad_token_id": 0, "use_cache": True}
-    with torch.inference_mode():
-        warm = {k: v.to(device) for k, v in prompts[0].items()}
-        model.generate(**warm, max_new_tokens=2, min_new_tokens=2, **kwargs)
-        rates, generated, seconds = [], 0, 0.0
-        for batch in prompts:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            sync(device)
-            start = time.perf_counter()
-            out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-            sync(device)
-            took = time.perf_counter() - start
-            made = (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
-            if made != new_tokens * out.shape[0]:
-                raise RuntimeError(f"generate made {made} tokens, expected {new_tokens * out.shape[0]}")
-            rates.append(made / took)
-            generated, seconds = generated + made, seconds + took
+    def run(batch: list[list[int]], tokens: int) -> list[list[int]]:
+        return generate_ids(model, batch, max_new_tokens=tokens, batch_size=len(batch), eos_ids=[], pad_id=0,
+                            progress=False)
+
+    run(prompts[0], 2)
+    rates, generated, seconds = [], 0, 0.0
+    for batch in prompts:
+        sync(device)
+        start = time.perf_counter()
+        out = run(batch, new_tokens)
+        sync(device)
+        took = time.perf_counter() - start
+        made = sum(len(tokens) for tokens in out)
+        if made != new_tokens * len(batch):
+            raise RuntimeError(f"the decode loop made {made} tokens, expected {new_tokens * len(batch)}")
+        rates.append(made / took)
+        generated, seconds = generated + made, seconds + took
     return {"new_tokens": generated, "seconds": round(seconds, 3), "tokens_per_s": generated / seconds,
             "per_batch_tokens_per_s": [round(r, 2) for r in rates]}
 
@@ -372,6 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = TINY if args.tiny else LLAMA2_7B
     vocab = config["vocab_size"]
     lengths, lengths_info = example_lengths(args.variant, params.max_length)
+    log(f"token lengths of {lengths_info['file']}, tokenized with {lengths_info['tokenizer']}")
     dtype = models.compute_dtype(device)
     log(f"{'tiny' if args.tiny else 'Llama-2-7B-shaped'} model on {device} ({dtype}); {plan}")
 
@@ -398,7 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(SEED + 1)
         stream = Examples(lengths, SEED + 1)
         prompts = [
-            prompt_batch([p for p, _ in stream.take(args.gen_batch)], vocab, generator) for _ in range(args.gen_batches)
+            prompt_ids([p for p, _ in stream.take(args.gen_batch)], vocab, generator) for _ in range(args.gen_batches)
         ]
         base_rates = generate(base, prompts, args.new_tokens, device)
         phase("generation_base")
@@ -426,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "quantization": params.quantization,
             "bnb_4bit": quantized,
             "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                     "target_modules": sorted(lora.target_modules)},
+                     "target_modules": sorted({name.rsplit(".", 1)[-1] for name in lora.target_modules})},
             "compute_dtype": str(dtype).removeprefix("torch."),
             "micro_batch_size": plan.per_process_batch_size,
             "gradient_accumulation_steps": plan.gradient_accumulation_steps,
@@ -455,8 +453,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "generation": {
             "batch_size": args.gen_batch, "batches": args.gen_batches, "max_new_tokens": args.new_tokens,
-            "how": "model.generate, greedy, left-padded random prompts of the data's prompt lengths, "
-            "min_new_tokens = max_new_tokens; freshly loaded 4-bit base, then PeftModel.from_pretrained",
+            "how": "the reporting pipeline's decode loop (generation.generate_ids), greedy, random prompts "
+            "of the data's prompt lengths (no shared prefix), exactly max_new_tokens per prompt; freshly "
+            "loaded 4-bit base, then PeftModel.from_pretrained",
             "base": base_rates, "adapter": adapter_rates, "peak_memory_bytes": generation_peak,
         },
         "phases_s": phases,

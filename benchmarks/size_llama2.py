@@ -32,6 +32,9 @@ LLAMA2_7B = {
     "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
 }
 
+#: The LoRA weights' dtype in training on a GPU with bf16 (models.trainable_dtype there; see ASSUMPTIONS).
+LORA_DTYPE = "bfloat16"
+
 #: Bytes of one boolean dropout mask element kept by CUDA's fused dropout (CPU keeps a float mask).
 CUDA_MASK_BYTES = 1
 
@@ -44,9 +47,12 @@ ASSUMPTIONS = [
     "absmax, fp32 second-level absmax, codebooks and offset.",
     "Embeddings, LM head and norms in fp32, as prepare_model_for_kbit_training leaves them (dtypes "
     "read from the prepared meta model).",
-    "LoRA weights in fp32 (peft's dtype for adapters on a quantized base), fp32 gradients, AdamW "
-    "with two fp32 states per weight; under DDP (several processes) one more fp32 copy of the "
-    "gradients in DDP's buckets.",
+    "LoRA weights in bf16 on a GPU with bf16 (Ampere or later): peft makes them fp32 on a quantized "
+    "base, TRL casts them to bf16 and the trainer keeps them in models.trainable_dtype (bf16 there; "
+    "fp32 on GPUs before Ampere, which train in fp16 mixed precision, where these three lines double); "
+    "gradients and AdamW's two states per weight in the weights' dtype (torch.optim.AdamW makes its "
+    "states like the parameter); under DDP (several processes) one more copy of the gradients in "
+    "DDP's buckets.",
     "Activations at the per-process micro-batch training.batch_size, every sequence at "
     "training.max_length tokens (padding-free batches: N = batch x length tokens; an upper bound).",
     "Gradient checkpointing per decoder layer: each layer's input is kept in fp32 (the residual "
@@ -142,6 +148,7 @@ def layer_activation_bytes_per_token(
 
 def compute(params: Any) -> dict[str, Any]:
     import bitsandbytes as bnb
+    import torch
 
     model = build_model(params)
     quantized = [m.weight.numel() for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -149,7 +156,7 @@ def compute(params: Any) -> dict[str, Any]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad and not isinstance(p, bnb.nn.Params4bit)]
     total_params = sum(p.numel() for p in model.parameters())
-    lora_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    lora_bytes = sum(p.numel() for p in trainable) * getattr(torch, LORA_DTYPE).itemsize  # as trained on a GPU
 
     h, i, L, V = (LLAMA2_7B[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
     heads = LLAMA2_7B["num_attention_heads"]
@@ -180,6 +187,7 @@ def compute(params: Any) -> dict[str, Any]:
         },
         "activation_tokens_per_process": tokens,
         "layer_activation_bytes_per_token": per_layer,
+        "lora_dtype": LORA_DTYPE,
         "memory_bytes": memory,
         "ddp_gradient_buckets_bytes": lora_bytes,
         "total_bytes_one_process": one_process,

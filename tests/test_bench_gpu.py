@@ -59,6 +59,7 @@ def test_tiny_run_trains_and_generates_with_the_llama2_settings(tiny):
     assert training["peak_memory_bytes"] is None  # CPU
 
     generation = line["generation"]
+    assert generation["how"].startswith("the reporting pipeline's decode loop (generation.generate_ids)")
     for model in ("base", "adapter"):
         assert generation[model]["new_tokens"] == generation["batch_size"] * generation["max_new_tokens"]
         assert generation[model]["tokens_per_s"] > 0
@@ -71,6 +72,7 @@ def test_out_file_is_the_line_with_its_provenance(tiny):
     assert record["command"].startswith("python benchmarks/bench_gpu.py --tiny --out ")
     assert {k: v for k, v in record.items() if k not in ("date", "command")} == line
     assert "bench_gpu: 100%" in stderr and "3/3" in stderr  # the pipeline's progress bar: 1 + 2 steps
+    assert f"tokenized with {line['lengths']['tokenizer']}" in stderr  # which tokenizer, Llama-2's or a stand-in
 
 
 def test_committed_lengths_are_the_templated_training_data():

@@ -100,3 +100,78 @@ def test_a_prompt_merging_into_the_answer_is_a_clear_error(embedded_tokenizer):
     the answer: no token boundary where the answer starts, so no exact loss mask."""
     with pytest.raises(ValueError, match="merges the end of the prompt"):
         tokenize_example(embedded_tokenizer, PROMPT, assistant_message("\n\n\n Positive"))
+
+
+# --- Llama-2: the token ids of Meta's reference code ------------------------------------------
+
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+
+def meta_llama2_ids(sp, dialog: list[dict[str, str]]) -> list[int]:
+    """Meta's ``Llama.chat_completion`` encoding (llama/generation.py): the system prompt merged
+    into the first user turn, each [INST] pair encoded by SentencePiece on its own (dummy prefix
+    included) between <s> and </s>, the last user turn open."""
+    if dialog[0]["role"] == "system":
+        dialog = [{"role": "user", "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}, *dialog[2:]]
+    ids: list[int] = []
+    for prompt, answer in zip(dialog[::2], dialog[1::2], strict=False):
+        if answer["role"] == "assistant":
+            ids += [sp.bos_id(), *sp.encode(f"[INST] {prompt['content'].strip()} [/INST] {answer['content'].strip()} "), sp.eos_id()]
+    if dialog[-1]["role"] == "user":
+        ids += [sp.bos_id(), *sp.encode(f"[INST] {dialog[-1]['content'].strip()} [/INST]")]
+    return ids
+
+
+def test_llama2_conversation_ids_equal_metas_sentencepiece_encoding(llama2_sp_tokenizer_dir, tmp_path, shared_data):
+    """transformers 5 loads a LlamaTokenizer with legacy=False: without the fix `<s>[INST]`
+    tokenizes as `<s>`, `[`, … where Meta's code has `<s>`, `▁[`, …"""
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from mift_kedro import models
+    from tests.conftest import LLAMA2_CHAT_TEMPLATE
+
+    source = AutoTokenizer.from_pretrained(llama2_sp_tokenizer_dir)
+    source.chat_template = LLAMA2_CHAT_TEMPLATE
+    source.save_pretrained(tmp_path)
+    tokenizer = models.load_tokenizer(str(tmp_path))
+    sp = spm.SentencePieceProcessor(model_file=str(llama2_sp_tokenizer_dir / "tokenizer.model"))
+    records = [json.loads(line) for line in (shared_data / "alpaca" / "train.jsonl").read_text().splitlines()[:10]]
+    for k, record in enumerate(records):
+        system = [{"role": "system", "content": "Answer with one word."}] if k % 2 else []
+        prompt = system + user_message(record["instruction"], record["input"])
+        completion = assistant_message(record["output"])
+        encoded = tokenize_example(tokenizer, prompt, completion)
+        assert encoded["input_ids"] == meta_llama2_ids(sp, prompt + completion)
+        assert tokenize_prompt(tokenizer, render_prompt(tokenizer, prompt)) == meta_llama2_ids(sp, prompt)
+    second_turn = prompt + completion + user_message("And now?")
+    assert tokenize_prompt(tokenizer, render_prompt(tokenizer, second_turn)) == meta_llama2_ids(sp, second_turn)
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"][:2]) == ["<s>", "▁["]
+
+
+# --- the system-prompt policy, decided by a test render ------------------------------------------
+
+USER_ONLY = (  # drops a system turn silently, as some templates do
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+NO_LONE_USER = "{% if messages|length < 3 %}{{ raise_exception('give the whole exchange') }}{% endif %}x"
+
+
+@pytest.mark.parametrize(("template", "policy"), [(CHATML, "native"), (USER_ONLY, "merged"), (NO_LONE_USER, "refused")])
+def test_system_prompt_policy_is_decided_by_a_test_render(embedded_tokenizer, template, policy):
+    from mift_kedro.chat import conform, system_message, system_policy
+
+    embedded_tokenizer.chat_template = template
+    assert system_policy(embedded_tokenizer) == policy
+    prompt = system_message("Be brief.") + PROMPT
+    if policy == "refused":
+        with pytest.raises(ValueError, match="takes no system turn.*remove the system prompt"):
+            conform(embedded_tokenizer, prompt)
+        return
+    text = render_prompt(embedded_tokenizer, prompt)
+    assert "Be brief." in text  # never silently dropped
+    if policy == "merged":
+        assert text == "<|user|>Be brief.\n\nClassify the sentiment of the following tweet.\n\nwhat a lovely day<|end|><|assistant|>"

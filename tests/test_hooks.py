@@ -30,6 +30,7 @@ from mift_kedro.hooks import (
 from mift_kedro.hub import HubUnreachableError
 from mift_kedro.pipelines import data_engineering, reporting, training
 from mift_kedro.pipelines.data_engineering import nodes as de_nodes
+from mift_kedro.pipelines.reporting import benchmark
 from mift_kedro.pipelines.training import nodes as training_nodes
 from tests import processes
 from tests.conftest import PROJECT_ROOT, hub_cache_repo
@@ -96,12 +97,13 @@ def _repos(pipe, catalog) -> set[str]:
 def test_preflight_offline_lists_every_missing_thing_in_one_error(offline_hub, monkeypatch, caplog):
     monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
     pipe, catalog = _setup("llama2", *ALL)
+    benchmark.task_manager()  # lm-eval's task index, built once per process: not time spent on the Hub
     start = time.monotonic()
     with caplog.at_level(logging.WARNING), pytest.raises(HubUnreachableError) as error:
         HubPreflightHooks().before_pipeline_run({}, pipe, catalog)
     assert time.monotonic() - start < 5
     message = str(error.value)
-    assert message.startswith("4 thing(s) this run needs from the Hugging Face Hub")
+    assert message.startswith("8 thing(s) this run needs from the Hugging Face Hub")
     for expected in (
         f"base model NousResearch/Llama-2-7b-chat-hf (revision {LLAMA2_SHA}) [base_model]",
         f"hf download NousResearch/Llama-2-7b-chat-hf --revision {LLAMA2_SHA}",
@@ -111,9 +113,12 @@ def test_preflight_offline_lists_every_missing_thing_in_one_error(offline_hub, m
         "BERTScore model roberta-large [reporting.bertscore.model_type]",
         "hf download roberta-large", "reporting.bertscore.model_type: null",
         "HF_HUB_OFFLINE is set",
+        "benchmark dataset allenai/ai2_arc [reporting.benchmarks.tasks.arc_easy, reporting.benchmarks.tasks.arc_challenge]",
+        "benchmark dataset cais/mmlu [reporting.benchmarks.tasks.mmlu]", "hf download Rowan/hellaswag --repo-type dataset",
+        "allenai/winogrande", "set MIFT_DATA_DIR and give the task local ai2_arc-schema files",
     ):
         assert expected in message, expected
-    assert message.count("\n  - ") == 4
+    assert message.count("\n  - ") == 8
     assert "Not pinned to a revision" in caplog.text
     assert "carblacac/twitter-sentiment-analysis (hub_revisions in conf/<env>/globals.yml)" in caplog.text
     assert "roberta-large" not in caplog.text  # bert-score cannot pin it: no warning
@@ -137,14 +142,15 @@ def test_preflight_asks_an_unreachable_hub_once(monkeypatch):
 def _llama2_cache(offline_hub) -> None:
     """The llama2 run's Hub items, laid out in the caches as the libraries leave them."""
     index = {"metadata": {}, "weight_map": {f"layer.{s}": f"model-{s}.safetensors" for s in ("a", "b")}}
-    files = {"config.json": b"{}", "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
+    files = {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b"{}", "tokenizer_config.json": b"{}",
              "model.safetensors.index.json": json.dumps(index).encode()}
     files |= {f"model-{s}.safetensors": s.encode() for s in ("a", "b")}
     hub_cache_repo(offline_hub.hub, "NousResearch/Llama-2-7b-chat-hf", files, sha=LLAMA2_SHA)
     hub_cache_repo(offline_hub.hub, "roberta-large",
                    {"config.json": b"{}", "vocab.json": b"{}", "merges.txt": b"", "model.safetensors": b"w"},
                    sha="3" * 40)
-    for name in ("carblacac___twitter-sentiment-analysis", "tatsu-lab___alpaca"):
+    benchmarks = ("allenai___ai2_arc", "Rowan___hellaswag", "cais___mmlu", "allenai___winogrande")
+    for name in ("carblacac___twitter-sentiment-analysis", "tatsu-lab___alpaca", *benchmarks):
         (offline_hub.datasets / name / "default" / "0.0.0" / "abc").mkdir(parents=True)
 
 
@@ -173,11 +179,12 @@ def test_preflight_checks_only_what_the_pipeline_needs(offline_hub, monkeypatch,
     # reporting alone: the base model as the training run recorded it, and BERTScore's model
     monkeypatch.chdir(tmp_path)
     reporting = _setup("llama2", "reporting")
-    assert _repos(*reporting) == {"roberta-large"}  # nothing recorded yet: the node will say so
+    benchmarks = {"allenai/ai2_arc", "Rowan/hellaswag", "cais/mmlu", "allenai/winogrande"}
+    assert _repos(*reporting) == {"roberta-large", *benchmarks}  # no base model recorded yet: the node will say so
     record = tmp_path / "data" / "06_models" / "base_model_llama2"
     record.mkdir(parents=True)
     models.write_source(record, models.ModelSource("hub", "NousResearch/Llama-2-7b-chat-hf", revision=LLAMA2_SHA))
-    assert _repos(*reporting) == {llama2, "roberta-large"}
+    assert _repos(*reporting) == {llama2, "roberta-large", *benchmarks}
 
     monkeypatch.setenv("MIFT_DATA_DIR", "/data")  # local raw data: no dataset from the Hub
     assert _repos(*_setup("llama2", "data_engineering")) == set()
@@ -200,7 +207,7 @@ def test_kedro_run_llama2_offline_fails_before_the_first_node(kedro_project, off
     monkeypatch.delenv("MIFT_DATA_DIR", raising=False)
     bootstrap_project(kedro_project)
     with KedroSession.create(project_path=kedro_project, env="llama2") as session:
-        with pytest.raises(HubUnreachableError, match=r"^4 thing\(s\)"):
+        with pytest.raises(HubUnreachableError, match=r"^8 thing\(s\)"):
             session.run()
     assert not (kedro_project / "data" / "02_intermediate").exists()
 

@@ -27,6 +27,8 @@ SOURCES = {
     "alpaca": {"kind": "instruction", "files": {"test": "a.jsonl"}},
 }
 EVAL_SETS = {"sentiment": {"table": "A"}, "out_of_sample": {"table": "B"}, "alpaca": {"table": "C"}}
+NO_BENCHMARKS = pd.DataFrame(columns=nodes.METRIC_COLUMNS)  # a run without reporting.benchmarks
+
 PARAMS = {
     "max_new_tokens": {"sentiment": 4, "out_of_sample": 16, "alpaca": 16},
     "bootstrap": {"resamples": 200, "confidence": 0.95},
@@ -350,7 +352,7 @@ def test_report_renders_from_a_small_fixture_run(fake_bertscore):
     only_bleu, _, _ = nodes.build_forgetting_curve(metrics, variants, chosen)
     assert set(zip(only_bleu["eval_set"], only_bleu["metric"])) == {("alpaca", "bleu")} and len(only_bleu) == 2
     comparison, _ = nodes.build_study_comparison(metrics, None)
-    html = nodes.build_report(metrics, curve, comparison, None, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
+    html = nodes.build_report(metrics, curve, comparison, None, NO_BENCHMARKS, {"seed": 7, "reporting": {**PARAMS, "examples_per_set": 5}}, *predictions)
     assert html.count("<img alt='metrics for") == 3
     assert "Forgetting curve" in html and "<img alt='forgetting curve'" in html
     for title in ("Table A", "Table B", "Table C", "Run parameters", "Example predictions"):
@@ -410,7 +412,7 @@ def test_study_comparison_sits_beside_the_run_and_stays_out_of_tables_a_b_c(fake
 
     curve = pd.DataFrame()
     parameters = {"seed": 7, "reporting": PARAMS, "reference_study": study}
-    html = nodes.build_report(metrics, curve, comparison, None, parameters, *predictions)
+    html = nodes.build_report(metrics, curve, comparison, None, NO_BENCHMARKS, parameters, *predictions)
     assert "<h2 id='study'>Against the reference study</h2>" in html
     assert "<td>BERTScore: BERTScore F1</td>" in html and "0.999" in html
     assert "Base weights of every model (3 checked)" in html and "0123456789abcdef" in html
@@ -456,16 +458,15 @@ def test_scoring_refuses_models_generated_on_different_base_weights(fake_bertsco
         nodes.score_predictions(PARAMS, SOURCES, EVAL_SETS, *[p.drop(columns="base_checksum") for p in predictions])
 
 
-def test_generation_quantization_follows_the_adapters_training():
-    from mift_kedro.pipelines.reporting.params import generation_quantization
+def test_the_base_rows_quantization_is_what_the_adapters_ran_on():
+    def ran_on(model: str, quantization: str) -> pd.DataFrame:
+        return pd.DataFrame({"model": [model], "base_quantization": [quantization]})
 
-    auto = reporting_params(PARAMS)
-    variants = {"a": {"training": {}}, "b": {}}
-    assert generation_quantization(auto, {"quantization": "4bit"}, variants) == "4bit"
-    assert generation_quantization(auto, {"quantization": "none"}, variants) == "none"
-    assert generation_quantization(auto, {"quantization": "4bit"}, {}) == "4bit"
-    mixed = {"a": {"training": {"quantization": "none"}}, "b": {}}
-    with pytest.raises(ParameterError, match="set `reporting.quantization`"):
-        generation_quantization(auto, {"quantization": "4bit"}, mixed)
-    forced = reporting_params({**PARAMS, "quantization": "none"})
-    assert generation_quantization(forced, {"quantization": "4bit"}, mixed) == "none"
+    auto = {**PARAMS, "quantization": "auto"}
+    assert nodes.base_quantization(auto, ran_on("a", "4bit"), ran_on("b", "4bit")) == "4bit"
+    assert nodes.base_quantization(auto, ran_on("a", "none")) == "none"
+    assert nodes.base_quantization(auto) == "none"  # no adapter: full precision
+    with pytest.raises(ParameterError, match=r"different quantizations \{'a': 'none', 'b': '4bit'\}.*set `reporting.quantization`"):
+        nodes.base_quantization(auto, ran_on("a", "none"), ran_on("b", "4bit"))
+    forced = {**PARAMS, "quantization": "none"}
+    assert nodes.base_quantization(forced, ran_on("a", "none"), ran_on("b", "4bit")) == "none"

@@ -104,31 +104,32 @@ def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp
     a, _ = bases
     qlora = _saved_adapter(a, "4bit", tmp_path / "adapter")
     adapter = qlora.load()  # reloaded as trained: on an NF4 base
-    # auto: the training quantization (4bit) for the base row too
-    base = nodes.generate_base_predictions(a, _sets(), PARAMS, 0, "Base", {"quantization": "4bit"}, VARIANTS)
-    variant = nodes.generate_variant_predictions(
-        adapter, a, _sets(), PARAMS, 0, VARIANTS["v"], {"quantization": "4bit"}, VARIANTS, model_name="v")
+    # auto: the adapter's own record (4bit), and for the base row what the adapter ran on
+    variant = nodes.generate_predictions(a, _sets(), PARAMS, 0, variant=VARIANTS["v"], adapter=adapter, model_name="v")
+    assert nodes.base_quantization(PARAMS, variant) == "4bit"
+    base = nodes.generate_predictions(a, _sets(), PARAMS, 0, display_name="Base",
+                                      quantization=nodes.base_quantization(PARAMS, variant))
     rows = pd.concat([base, variant])
     assert set(rows["base_quantization"]) == {"4bit"} and rows["base_checksum"].nunique() == 1
     nodes.check_same_base(rows)
 
     # reporting.quantization: none evaluates the QLoRA adapter on the fp32 base, like the base row
     forced = {**PARAMS, "quantization": "none"}
-    base_fp32 = nodes.generate_base_predictions(a, _sets(), forced, 0, "Base", {"quantization": "4bit"}, VARIANTS)
-    moved = nodes.generate_variant_predictions(
-        qlora.load(), a, _sets(), forced, 0, VARIANTS["v"], {"quantization": "4bit"}, VARIANTS, model_name="v")
+    moved = nodes.generate_predictions(a, _sets(), forced, 0, variant=VARIANTS["v"], adapter=qlora.load(), model_name="v")
+    base_fp32 = nodes.generate_predictions(a, _sets(), forced, 0, display_name="Base",
+                                           quantization=nodes.base_quantization(forced, moved))
     assert set(moved["base_quantization"]) == {"none"}
     nodes.check_same_base(pd.concat([base_fp32, moved]))
     # ...with the adapter's own LoRA weights: as if it had been loaded onto that base directly
     from peft import get_peft_model_state_dict
 
     original = qlora.load()
-    assert nodes.on_base(original, a, "4bit", "cpu") is original  # NF4 as asked: not reloaded
-    rehomed = nodes.on_base(original, a, "none", "cpu")
+    assert models.on_base(original, a, "4bit", "cpu") is original  # NF4 as asked: not reloaded
+    rehomed = models.on_base(original, a, "none", "cpu")
     assert models.loaded_quantization(original) == "4bit" and models.loaded_quantization(rehomed) == "none"
     lora = get_peft_model_state_dict(original)
     assert lora and all(torch.equal(lora[k], v) for k, v in get_peft_model_state_dict(rehomed).items())
-    assert nodes.on_base(rehomed, a, "none", "cpu") is rehomed  # already there: kept as it is
+    assert models.on_base(rehomed, a, "none", "cpu") is rehomed  # already there: kept as it is
     direct = AdapterDataset(filepath=str(tmp_path / "adapter"), load_args={"quantization": "none", "device": "cpu"})
     expected = nodes.predict(direct.load(), models.load_tokenizer(a), dict(zip(
         ("sentiment", "out_of_sample", "alpaca"), _frames(), strict=True)), forced, model_name="v", display_name="FT-V")
@@ -139,10 +140,9 @@ def test_every_row_generates_on_the_base_the_adapters_were_trained_on(bases, tmp
 def test_a_variant_on_another_base_is_refused_at_scoring(bases, tmp_path):
     a, b = bases
     elsewhere = _saved_adapter(b, "none", tmp_path / "adapter_b").load()
-    training = {"quantization": "none"}
-    base = nodes.generate_base_predictions(a, _sets(), PARAMS, 0, "Base", training, VARIANTS)
-    variant = nodes.generate_variant_predictions(
-        elsewhere, a, _sets(), PARAMS, 0, VARIANTS["v"], training, VARIANTS, model_name="v")
+    variant = nodes.generate_predictions(a, _sets(), PARAMS, 0, variant=VARIANTS["v"], adapter=elsewhere, model_name="v")
+    base = nodes.generate_predictions(a, _sets(), PARAMS, 0, display_name="Base",
+                                      quantization=nodes.base_quantization(PARAMS, variant))
     assert set(variant["base_ref"]) == {b}
     with pytest.raises(ParameterError, match="point `base_model` at the base the adapters were trained on"):
         nodes.score_predictions({"max_new_tokens": PARAMS["max_new_tokens"]}, SOURCES, EVAL_SETS,

@@ -1,5 +1,6 @@
-"""Generation under `accelerate launch`: each process answers its share of an evaluation set
-and every process gets all answers back in input order, identical to a one-process run.
+"""Reporting under `accelerate launch`: each process answers its share of an evaluation set
+and every process gets all answers back in input order, identical to a one-process run; the
+main process alone scores BERTScore, and every process gets its scores.
 
 Two CPU ranks over gloo, as torch.distributed.run would start them, each with the same tiny
 random Llama (seeded) and the embedded tokenizer.
@@ -52,7 +53,14 @@ def _predictions(tokenizer_dir: str) -> pd.DataFrame:
     return nodes.predict(model, tokenizer, _eval_sets(), PARAMS, model_name="m", display_name="M")
 
 
-def _rank(rank: int, port: int, tokenizer_dir: str, out: str) -> None:
+def _scores(predictions: pd.DataFrame, bertscore_dir: str) -> pd.DataFrame:
+    from mift_kedro.pipelines.reporting import nodes
+
+    params = {**PARAMS, "bertscore": {"model_type": bertscore_dir, "num_layers": 2}}
+    return nodes.score_predictions(params, {"labels": {0: "negative", 1: "positive"}}, predictions)
+
+
+def _rank(rank: int, port: int, tokenizer_dir: str, out: str, bertscore_dir: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -72,14 +80,19 @@ def _rank(rank: int, port: int, tokenizer_dir: str, out: str) -> None:
     nodes.generate = counting_generate
     frame = _predictions(tokenizer_dir)
     frame.assign(prompts_generated_here=sum(calls)).to_json(Path(out, f"{rank}.jsonl"), orient="records", lines=True)
+    bertscore_f1, scored = nodes.M.bertscore_f1, []
+    nodes.M.bertscore_f1 = lambda preds, refs, **kwargs: scored.append(len(preds)) or bertscore_f1(preds, refs, **kwargs)
+    scores = _scores(frame[frame["eval_set"] == "alpaca"], bertscore_dir)
+    scores.assign(rows_scored_here=sum(scored)).to_json(Path(out, f"scores{rank}.jsonl"), orient="records", lines=True)
     state.wait_for_everyone()
     state.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_processes_share_the_prompts_and_give_one_process_answers(tmp_path, embedded_tokenizer_dir):
+def test_two_processes_share_the_prompts_and_give_one_process_answers(tmp_path, embedded_tokenizer_dir, tiny_roberta_dir):
     processes.spawn_ranks(
-        _rank, (processes.free_port(), str(embedded_tokenizer_dir), str(tmp_path)), WORLD, timeout=240
+        _rank, (processes.free_port(), str(embedded_tokenizer_dir), str(tmp_path), str(tiny_roberta_dir)), WORLD,
+        timeout=240,
     )
 
     single = _predictions(str(embedded_tokenizer_dir))
@@ -89,3 +102,10 @@ def test_two_processes_share_the_prompts_and_give_one_process_answers(tmp_path, 
         assert frame[columns].to_dict("records") == single[columns].to_dict("records")
     # ... and generated only its share: 4 + 3 sentiment prompts, 3 + 2 Alpaca ones
     assert [int(frame["prompts_generated_here"].iloc[0]) for frame in ranks] == [4 + 3, 3 + 2]
+
+    # BERTScore: scored by the main process only, its scores on every process
+    single_scores = _scores(single[single["eval_set"] == "alpaca"], str(tiny_roberta_dir))
+    scores = [pd.read_json(tmp_path / f"scores{rank}.jsonl", lines=True) for rank in range(WORLD)]
+    assert [int(frame["rows_scored_here"].iloc[0]) for frame in scores] == [5, 0]
+    for frame in scores:
+        assert frame["bertscore_f1"].tolist() == pytest.approx(single_scores["bertscore_f1"].tolist())

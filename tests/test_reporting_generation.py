@@ -84,10 +84,10 @@ def test_lora_adapter_generates_the_same_batched_and_unbatched(tiny_model, monke
              "completion": [[{"role": "assistant", "content": "positive"}]] * 2, "label": [1, 0]}
         )
         params = {"max_new_tokens": {"sentiment": 3, "out_of_sample": 5, "alpaca": 5}, "batch_size": 2}
-        out = nodes.generate_variant_predictions(
-            peft_model, "base-ref",
+        out = nodes.generate_predictions(
+            "base-ref",
             {"sentiment": frame, "out_of_sample": frame.assign(label=None), "alpaca": frame.iloc[:1].assign(label=None)},
-            params, 0, {"display_name": "FT-X"}, {"quantization": "none"}, {"x": {}}, model_name="x",
+            params, 0, variant={"display_name": "FT-X"}, adapter=peft_model, model_name="x",
         )
     finally:
         peft_model.unload()

@@ -105,3 +105,27 @@ def test_layer_activation_formula_matches_autograds_saved_tensors(tmp_path, drop
     )
     assert (two - one) == tokens * expected
     assert dtypes == {torch.float32}  # the residual stream: fp32, as the checkpoint term assumes
+
+
+def test_lora_weights_gradients_and_adamw_states_are_counted_in_their_gpu_dtype(monkeypatch):
+    """TRL casts QLoRA adapters to bf16 and the trainer keeps them in models.trainable_dtype:
+    on an Ampere GPU, bf16 weights, gradients and AdamW states (2 bytes each, not fp32's 4)."""
+    from types import SimpleNamespace
+
+    from mift_kedro import models
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=8, minor=0))
+    assert models.trainable_dtype("cuda:0") == getattr(torch, size.LORA_DTYPE) == torch.bfloat16
+    result = json.loads(size.RESULT.read_text())
+    lora = result["parameters"]["trainable_lora"] * 2
+    memory = result["memory_bytes"]
+    assert (memory["lora_weights"], memory["lora_gradients"], memory["adamw_states"]) == (lora, lora, 2 * lora)
+    assert result["ddp_gradient_buckets_bytes"] == lora
+    weight = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+    weight.grad = torch.ones_like(weight)
+    optimizer = torch.optim.AdamW([weight])
+    optimizer.step()
+    assert {t.dtype for t in optimizer.state[weight].values() if t.dim()} == {torch.bfloat16}

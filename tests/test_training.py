@@ -501,10 +501,14 @@ def test_project_training_parameters_are_valid(monkeypatch):
     llama2 = yaml.safe_load((PROJECT_ROOT / "conf/llama2/parameters_training.yml").read_text())
     assert training_params(llama2["training"]).quantization == "4bit"
     assert llama2["base_model"] == {
-        "source": "hub", "name": "NousResearch/Llama-2-7b-chat-hf",
-        "revision": "351844e75ed0bcbbe3f10671b3c808d2b83894ee",
+        "source": "hub", "name": "NousResearch/Llama-2-7b-chat-hf", "revision": None,
+        "pinned_revisions": {"NousResearch/Llama-2-7b-chat-hf": "351844e75ed0bcbbe3f10671b3c808d2b83894ee"},
         "chat_template": "conf/llama2/chat_template_llama2.jinja",
     }
+    pinned = nodes.base_model_params(llama2["base_model"]).model_source()
+    assert pinned.revision == "351844e75ed0bcbbe3f10671b3c808d2b83894ee"
+    other = nodes.base_model_params({**llama2["base_model"], "name": "Qwen/Qwen2.5-7B-Instruct"}).model_source()
+    assert other.revision is None  # by one parameter: another model, never at Llama-2's commit
     monkeypatch.chdir(PROJECT_ROOT)
     assert nodes.base_model_params(llama2["base_model"]).template_text().startswith("{% if messages[0]")
 

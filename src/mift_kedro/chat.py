@@ -22,6 +22,12 @@ def user_message(instruction: str, input_text: str = "") -> list[Message]:
     return [{"role": "user", "content": content}]
 
 
+def system_message(content: str | None) -> list[Message]:
+    """A system turn; none for None or blank (how a chat template receives one depends on the
+    model: :func:`system_policy`)."""
+    return [{"role": "system", "content": content.strip()}] if content and content.strip() else []
+
+
 def assistant_message(output: str) -> list[Message]:
     return [{"role": "assistant", "content": output}]
 
@@ -34,11 +40,64 @@ def _require_template(tokenizer: Any) -> None:
         )
 
 
+# --- the system turn: native, merged into the first user turn, or refused ----------------------
+
+#: How a chat template takes a system prompt, decided by rendering one (:func:`system_policy`).
+SYSTEM_POLICIES = ("native", "merged", "refused")
+_PROBE_SYSTEM, _PROBE_USER = "mift-probe-system", "mift-probe-user"
+_policies: dict[str, str] = {}
+
+
+def _renders(tokenizer: Any, messages: list[Message]) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # jinja's raise_exception: "System role not supported", "roles must alternate"
+        return None
+
+
+def system_policy(tokenizer: Any) -> str:
+    """``native`` when the template renders a system turn with its text; ``merged`` when it
+    rejects or drops one (Gemma, Mistral up to v0.2: the system text then opens the first
+    user turn, as Gemma-3's own template does); ``refused`` when it renders no user turn either."""
+    _require_template(tokenizer)
+    template = tokenizer.chat_template
+    if template not in _policies:
+        user = {"role": "user", "content": _PROBE_USER}
+        native = _renders(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM}, user])
+        if native is not None and _PROBE_SYSTEM in native:
+            _policies[template] = "native"
+        elif _renders(tokenizer, [user]) is not None:
+            _policies[template] = "merged"
+        else:
+            _policies[template] = "refused"
+    return _policies[template]
+
+
+def conform(tokenizer: Any, messages: Sequence[Message]) -> list[Message]:
+    """``messages`` as the template takes them: a leading system turn kept (``native``) or
+    merged into the first user turn (``merged``: "<system>\n\n<user>"); a clear error when
+    the template takes none (``refused``)."""
+    messages = list(messages)
+    if not messages or messages[0].get("role") != "system":
+        return messages
+    policy = system_policy(tokenizer)
+    if policy == "native":
+        return messages
+    if policy == "refused" or len(messages) < 2 or messages[1].get("role") != "user":
+        raise ValueError(
+            f"The chat template of {getattr(tokenizer, 'name_or_path', tokenizer)!r} takes no system "
+            "turn and cannot merge it into a user turn: remove the system prompt (e.g. "
+            "templates.sentiment.system), or set base_model.chat_template to a template that takes one."
+        )
+    first = {**messages[1], "content": f"{messages[0]['content'].strip()}\n\n{messages[1]['content']}"}
+    return [first, *messages[2:]]
+
+
 def render_prompt(tokenizer: Any, prompt: Sequence[Message]) -> str:
     """Prompt text up to and including the assistant header, ready for generation."""
     _require_template(tokenizer)
     return tokenizer.apply_chat_template(
-        list(prompt), tokenize=False, add_generation_prompt=True
+        conform(tokenizer, prompt), tokenize=False, add_generation_prompt=True
     )
 
 
@@ -52,7 +111,7 @@ def render_example(
     can be put on the completion alone.
     """
     prompt_text = render_prompt(tokenizer, prompt)
-    full_text = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+    full_text = tokenizer.apply_chat_template(conform(tokenizer, list(prompt) + list(completion)), tokenize=False)
     if not full_text.startswith(prompt_text):
         raise ValueError(
             "The chat template renders the prompt differently with and without the answer, "
@@ -92,3 +151,57 @@ def tokenize_example(
         "input_ids": input_ids,
         "completion_mask": [0] * len(prompt_ids) + [1] * (len(input_ids) - len(prompt_ids)),
     }
+
+
+def match_meta_inst_tokenization(tokenizer: Any) -> bool:
+    """Give an ``[INST]`` template's turns SentencePiece's dummy prefix, as Meta's reference code
+    does; True when the tokenizer needed it.
+
+    Meta's Llama-2 code (and Mistral's v1 tokenizer) encodes each ``[INST] … [/INST] …`` turn
+    with SentencePiece on its own, dummy prefix included: ``<s>``, ``▁[``, ``INST``… A
+    ``LlamaTokenizer`` loaded by transformers 5 (``legacy=False``) prepends ``▁`` only at the
+    very start of the text (Metaspace ``prepend_scheme="first"``), so ``<s>[INST]`` became
+    ``<s>``, ``[``, ``INST``: every prompt off the chat model's own distribution. Prepending
+    to every text segment between special tokens (``"always"``) restores Meta's ids.
+    """
+    from tokenizers import pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if not isinstance(pre, pre_tokenizers.Metaspace) or pre.prepend_scheme != "first":
+        return False
+    if "[INST]" in tokenizer.get_added_vocab() or not getattr(tokenizer, "chat_template", None):
+        return False  # [INST] as a control token (Mistral v3): no SentencePiece text to prefix
+    if "[INST]" not in render_prompt(tokenizer, user_message("x")):
+        return False
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=pre.replacement, prepend_scheme="always", split=pre.split)
+    return True
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The special token that closes an assistant turn in this template (``<|eot_id|>``,
+    ``<end_of_turn>``, ``<|im_end|>``, ``<|end|>``, ``</s>``…): rendered after a probe answer,
+    the first special token that follows it. Generation stops at it; training puts it in the
+    labels (it is part of the completion text). Empty when the template closes with none."""
+    probe = "mift-probe-answer"
+    _, completion = render_example(tokenizer, user_message("x"), assistant_message(probe))
+    tail = completion[completion.index(probe) + len(probe):]
+    special = set(tokenizer.all_special_ids) | {
+        token.content and tokenizer.convert_tokens_to_ids(token.content)
+        for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if token.special
+    }
+    ids = tokenize_prompt(tokenizer, tail)
+    return [next(i for i in ids if i in special)] if any(i in special for i in ids) else []
+
+
+def with_template_kwargs(template: str, kwargs: dict[str, Any]) -> str:
+    """``template`` with ``kwargs`` set at its top (``{%- set enable_thinking = false %}``), so
+    every renderer (TRL's tokenization, generation, these helpers) renders alike without
+    passing them on each call."""
+    import json
+
+    def literal(value: Any) -> str:
+        return "none" if value is None else json.dumps(value)
+
+    head = "".join(f"{{%- set {key} = {literal(value)} %}}" for key, value in kwargs.items())
+    return head + template

@@ -77,3 +77,27 @@ def map_across_processes(items: Sequence[Any], work: Callable[[list[Any]], list[
         results = work([item for _, item in share]) if share else []
         mine = [(index, result) for (index, _), result in zip(share, results, strict=True)]
     return [result for _, result in sorted(gather_object(mine), key=lambda pair: pair[0])]
+
+
+def on_main_process(work: Callable[[], Any]) -> Any:
+    """``work()`` done once, by the main process of an ``accelerate launch``, its result sent to
+    every process (the others wait): for work each process needs the result of but one process
+    should do (BERTScore's roberta-large on every GPU would score the same rows N times). An
+    error on the main process is raised on every process. In one process: ``work()``.
+    """
+    if not is_distributed():
+        return work()
+    from accelerate.utils import broadcast_object_list
+
+    state = distributed_state()
+    outcome: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            outcome = [(True, work())]
+        except Exception as exc:
+            broadcast_object_list([(False, f"{type(exc).__name__}: {exc}")])
+            raise
+    ok, value = broadcast_object_list(outcome)[0]
+    if not ok:
+        raise RuntimeError(f"The main process failed: {value}")
+    return value

@@ -43,6 +43,11 @@ class ParameterValidationHooks:
 
         params = catalog.load("parameters")
         validate_parameters(params)
+        if scores_benchmarks(pipeline):  # task names and local files (lm-eval's index, ~6 s)
+            from mift_kedro.pipelines.reporting import benchmark
+            from mift_kedro.pipelines.reporting.params import reporting_params
+
+            benchmark.task_specs(reporting_params(params["reporting"]).benchmarks, benchmark.data_dir())
         logger.info(
             "Parameters validated for variants: %s; training seeds: %s",
             ", ".join(params.get("variants", {})), ", ".join(map(str, config.training_seeds(params))),
@@ -57,6 +62,11 @@ class RunParametersHooks:
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         catalog.save("run_parameters", catalog.load("parameters"))
+
+
+def scores_benchmarks(pipeline: Any) -> bool:
+    """The pipeline runs the reporting benchmark nodes (lm-evaluation-harness)."""
+    return pipeline is not None and any(n.name.rsplit(".", 1)[-1] == "score_benchmarks" for n in pipeline.nodes)
 
 
 class MissingInputsError(click.ClickException):
@@ -169,8 +179,10 @@ class HubPreflightHooks:
     @hook_impl(trylast=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         start = time.perf_counter()
-        requirements = hub_requirements(pipeline, catalog, catalog.load("parameters"))
+        params = catalog.load("parameters")
+        requirements = hub_requirements(pipeline, catalog, params)
         if not requirements:
+            check_base_model(pipeline, params)
             return
         unpinned = [f"{r.repo} ({r.pin})" for r in requirements if r.pin and not r.repo.revision]
         if unpinned:
@@ -194,6 +206,16 @@ class HubPreflightHooks:
             "Hub preflight: %s cached or downloadable (%.1f s)",
             ", ".join(str(r.repo) for r in requirements), seconds,
         )
+        check_base_model(pipeline, params)
+
+
+def check_base_model(pipeline: Any, params: dict[str, Any]) -> None:
+    """The base model this run prepares is a causal LM with a chat template (or one configured)."""
+    from mift_kedro import models
+    from mift_kedro.pipelines.training.params import base_model_params
+
+    if "params:base_model" in pipeline.all_inputs():
+        models.check_supported(base_model_params(params["base_model"]).model_source())
 
 
 def hub_requirements(pipeline: Any, catalog: Any, params: dict[str, Any]) -> list[hub.Requirement]:
@@ -231,6 +253,20 @@ def hub_requirements(pipeline: Any, catalog: Any, params: dict[str, Any]) -> lis
         if isinstance(dataset, HubOrLocalDataset):
             need(dataset.hub_repo(), "raw dataset", OFFLINE_FIX, "hub_revisions in conf/<env>/globals.yml", name)
 
+    if "reporting" in params and scores_benchmarks(pipeline):
+        from mift_kedro.pipelines.reporting import benchmark
+
+        cfg = reporting_params(params["reporting"]).benchmarks
+        for task, repos in benchmark.hub_datasets(cfg, benchmark.data_dir()).items():
+            for path, revision in sorted(repos, key=str):
+                repo = hub.HubRepo(path, "dataset", revision)
+                need(
+                    repo, "benchmark dataset",
+                    f"pre-download it where the Hub is reachable (`{repo.download_command()}`), "
+                    f"or set {benchmark.DATA_DIR_ENV} and give the task local ai2_arc-schema files "
+                    f"(`reporting.benchmarks.tasks.{task}.local_dir`)",
+                    None, f"reporting.benchmarks.tasks.{task}",
+                )
     model_type = reporting_params(params["reporting"]).bertscore.model_type if "reporting" in params else None
     scores = any(node.func is score_predictions for node in pipeline.nodes)
     if scores and model_type and not Path(model_type).expanduser().exists():

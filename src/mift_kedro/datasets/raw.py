@@ -117,9 +117,12 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
         import datasets
 
         try:
-            split = datasets.load_dataset(
-                self._hub_id, split=self._hub_split, revision=self._revision
-            ).to_pandas()
+            revision, reason = hub.resolve_dataset_source(self._hub_id, self._revision, self._timeout, fix=OFFLINE_FIX)
+        except hub.DatasetSourceError as exc:
+            raise DatasetError(str(exc)) from None
+        logger.info("Loading %s", reason)
+        try:
+            split = datasets.load_dataset(self._hub_id, split=self._hub_split, revision=revision).to_pandas()
         except Exception as exc:  # the Hub's errors vary; name the offline way out
             raise DatasetError(
                 f"Could not load {self._hub_id} (split {self._hub_split}) from the Hub: {exc}. "
@@ -133,7 +136,7 @@ class HubOrLocalDataset(AbstractDataset[None, pd.DataFrame]):
             split = self._holdout_part(split)
         logger.info(
             "Loaded %d rows from the Hub: %s[%s] at revision %s", len(split), self._hub_id,
-            self._hub_split, self._revision or "main (not pinned)",
+            self._hub_split, revision or "main (not pinned)",
         )
         return split.reset_index(drop=True)
 

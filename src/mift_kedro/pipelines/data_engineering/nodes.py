@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mift_kedro.chat import assistant_message, user_message
+from mift_kedro.chat import assistant_message, system_message, user_message
 from mift_kedro.config import ParameterError, variant_spec
 from mift_kedro.pipelines.data_engineering.params import SourceSpec, source_spec
 
@@ -118,8 +118,9 @@ def classification_pool(frame: pd.DataFrame, spec: SourceSpec, name: str, split:
     label_list = ", ".join(words[0] for words in answers.values())
     columns = [frame[f].tolist() for f in fields]
     texts = list(zip(*columns, strict=True))
+    system = system_message(spec.system)
     prompts = [
-        user_message(template.format_map({"labels": label_list, **dict(zip(fields, t, strict=True))}))
+        system + user_message(template.format_map({"labels": label_list, **dict(zip(fields, t, strict=True))}))
         for t in texts
     ]
     logger.info("%s: %d valid examples", where, len(frame))
@@ -157,7 +158,7 @@ def instruction_pool(frame: pd.DataFrame, spec: SourceSpec, name: str, split: st
         {
             "id": ids,
             "source": (name + ":" + frame[f["group"]].astype(str)).to_numpy() if f["group"] else name,
-            "prompt": [user_message(i, x) for i, x in zip(instructions, inputs, strict=True)],
+            "prompt": [system_message(spec.system) + user_message(i, x) for i, x in zip(instructions, inputs, strict=True)],
             "completion": [assistant_message(o) for o in outputs],
             "label": None,
             "text": [f"{i}\n\n{x}" if x else i for i, x in zip(instructions, inputs, strict=True)],

@@ -79,6 +79,7 @@ class SourceSpec(StrictModel):
     fields: dict[str, Any] = Field(default_factory=dict)
     labels: dict[int | str, str | list[str]] | None = None
     template: str | None = None
+    system: str | None = Field(default=None, description="a system prompt before each example's user turn")
     normalise_text: bool = True
 
     @model_validator(mode="after")

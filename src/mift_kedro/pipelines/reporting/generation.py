@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mift_kedro.chat import render_prompt, tokenize_prompt
+from mift_kedro.chat import end_of_turn_ids, render_prompt, tokenize_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,13 @@ def model_device(model: Any) -> torch.device:
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos plus whatever the model's generation config lists."""
+    """End-of-turn ids: the token the chat template closes an answer with (Gemma's
+    ``<end_of_turn>``, Phi-3's ``<|end|>``: not their tokenizers' eos), the tokenizer's eos and
+    whatever the model's generation config lists."""
     ids: list[int] = []
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, config_eos):
+    template_eot = end_of_turn_ids(tokenizer) if getattr(tokenizer, "chat_template", None) else []
+    for value in (template_eot, tokenizer.eos_token_id, config_eos):
         for token in value if isinstance(value, (list, tuple)) else [value]:
             if token is not None and int(token) not in ids:
                 ids.append(int(token))
@@ -97,14 +100,45 @@ def generate(
     ``[shared prefix][padding][rest of the prompt]``, padding masked out and positions taken
     from the attention mask, so every prompt sees exactly its own positions and tokens.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     texts = [render_prompt(tokenizer, p) for p in prompts]
     encoded = [tokenize_prompt(tokenizer, t) for t in texts]
     eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    answers = generate_ids(
+        model, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size, eos_ids=eos_ids, pad_id=pad_id,
+        sampling=sampling, seed=seed, desc=desc, progress=progress, prefix_cache=prefix_cache,
+    )
+    results = []
+    for text, ids, tokens in zip(texts, encoded, answers, strict=True):
+        stop = _stop_index(tokens, eos_ids)
+        answer = tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+        # completion_tokens: what the model spent, the stop token included
+        results.append(Generation(text, answer, len(ids), min(stop + 1, len(tokens))))
+    return results
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: Any,
+    encoded: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    sampling: dict[str, Any] | None = None,
+    seed: int = 0,
+    desc: str | None = None,
+    progress: bool = True,
+    prefix_cache: bool = True,
+) -> list[list[int]]:
+    """The decode loop of :func:`generate` on token ids: each prompt's new tokens, in input
+    order, up to and including its first ``eos_ids`` token (none: exactly ``max_new_tokens``)."""
+    from tqdm.auto import tqdm
+
+    encoded = [list(ids) for ids in encoded]
     device = model_device(model)
     pick = _next_token_picker(model, sampling, seed, device)
 
@@ -113,7 +147,7 @@ def generate(
     suffixes = [ids[shared:] for ids in encoded]
 
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    results: list[Generation | None] = [None] * len(encoded)
+    results: list[list[int] | None] = [None] * len(encoded)
     was_training = getattr(model, "training", False)
     model.eval()
     bar = tqdm(total=len(encoded), desc=desc or "generate", unit="prompt", disable=not progress)
@@ -132,13 +166,9 @@ def generate(
                 attention[r, width - len(ids) :] = 1
             input_ids, attention = input_ids.to(device), attention.to(device)
             batch_cache, logits = _prefill(model, input_ids, attention, cache, shared)
-            new_tokens = _decode(model, input_ids, attention, batch_cache, logits, max_new_tokens, eos_ids, pick)
+            new_tokens = _decode(model, input_ids, attention, batch_cache, logits, max_new_tokens, list(eos_ids), pick)
             for r, i in enumerate(rows):
-                tokens = new_tokens[r]
-                stop = _stop_index(tokens, eos_ids)
-                answer = tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
-                # completion_tokens: what the model spent, the stop token included
-                results[i] = Generation(texts[i], answer, len(encoded[i]), min(stop + 1, len(tokens)))
+                results[i] = new_tokens[r]
             bar.update(len(rows))
     finally:
         bar.close()
@@ -230,7 +260,7 @@ def _decode(
     """
     positions = attention.sum(dim=1, keepdim=True) - 1  # each row's last prompt position
     sequences = input_ids  # prompt + answer so far, for the logits processors
-    stop = torch.tensor(eos_ids, device=input_ids.device)
+    stop = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
     live = list(range(input_ids.shape[0]))  # batch row -> input row
     tokens: list[list[int]] = [[] for _ in live]
     for step in range(max_new_tokens):

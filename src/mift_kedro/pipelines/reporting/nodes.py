@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from mift_kedro.config import ParameterError, seed_display_name, trained_models
-from mift_kedro.distributed import map_across_processes
+from mift_kedro.distributed import map_across_processes, on_main_process
+from mift_kedro.pipelines.reporting import benchmark as B
 from mift_kedro.pipelines.reporting import metrics as M
 from mift_kedro.pipelines.reporting import report as R
 from mift_kedro.pipelines.reporting import seeds, stats
@@ -21,7 +22,6 @@ from mift_kedro.pipelines.reporting import sweep as S
 from mift_kedro.pipelines.reporting.generation import generate, model_device
 from mift_kedro.pipelines.reporting.params import (
     EVALUATE_METRICS,
-    generation_quantization,
     reference_study,
     reporting_params,
 )
@@ -133,113 +133,71 @@ def collect_eval_sets(*frames: pd.DataFrame, names: list[str]) -> dict[str, pd.D
     return dict(zip(names, frames, strict=True))
 
 
-def generate_base_predictions(
-    base_model: str,
-    eval_sets: dict[str, pd.DataFrame],
-    params: dict[str, Any],
-    seed: int,
-    display_name: str,
-    training: dict[str, Any],
-    variants: dict[str, Any],
-) -> pd.DataFrame:
-    """Predictions of the base model (``base_model`` is a ref for :mod:`mift_kedro.models`),
-    loaded as the adapters' base is (:func:`.params.generation_quantization`)."""
+def evaluated_model(
+    base_model: str, adapter: Any, quantization: str | None, cfg: Any
+) -> tuple[Any, Any]:
+    """The model (and tokenizer) a row evaluates: ``base_model``, or ``adapter`` on it, with
+    the quantization given (the base row's) or ``reporting.quantization`` (``auto``: for an
+    adapter, the one its own saved record names; see :func:`base_quantization`)."""
     from mift_kedro import models
 
-    cfg = reporting_params(params)
-    quantization = generation_quantization(cfg, training, variants)
-    tokenizer = models.load_tokenizer(base_model)
-    model = models.load_causal_lm(base_model, quantization=quantization, device=cfg.device)
-    return predict(
-        model, tokenizer, eval_sets, params,
-        model_name="base", display_name=display_name, seed=seed,
-    )
+    return models.load_for_evaluation(base_model, adapter, quantization or cfg.quantization, cfg.device)
 
 
-def generate_variant_predictions(
-    adapter: Any,
+def display_name_of(model_name: str, display_name: str | None, variant: dict[str, Any] | None,
+                    training_seed: int | None) -> str:
+    """The base row's configured name, or the variant's display name (with the training seed
+    when the variant was trained with several)."""
+    if variant is None:
+        return display_name or model_name
+    return seed_display_name(variant.get("display_name", model_name), training_seed)
+
+
+def generate_predictions(
     base_model: str,
     eval_sets: dict[str, pd.DataFrame],
     params: dict[str, Any],
     seed: int,
-    variant: dict[str, Any],
-    training: dict[str, Any],
-    variants: dict[str, Any],
-    model_name: str,
+    *,
+    model_name: str = "base",
+    display_name: str | None = None,
+    variant: dict[str, Any] | None = None,
+    adapter: Any = None,
+    quantization: str | None = None,
     training_seed: int | None = None,
 ) -> pd.DataFrame:
-    """Predictions of base + adapter (a ``peft.PeftModel``; no merge), base's tokenizer.
-    ``training_seed``, when the variant was trained with several, goes into the display name.
-
-    The adapter is moved onto the base the base row uses (same quantization, device and
-    dtype) when it was loaded otherwise; scoring checks the weights themselves.
-    """
-    from mift_kedro import models
-
+    """Predictions of one model: the base (``base_model`` is a ref for :mod:`mift_kedro.models`)
+    or, with ``adapter`` (a ``peft.PeftModel``; no merge), base + adapter with the tokenizer of
+    the base it records. Every row runs on the same base weights, which scoring checks."""
     cfg = reporting_params(params)
-    recorded = _adapter_base(adapter)
-    if recorded and not _same_ref(recorded, base_model):
-        logger.warning(
-            "%s: the adapter records base model %r, the catalog's base_model is %r; "
-            "using the adapter's tokenizer source %r", model_name, recorded, base_model, recorded,
-        )
-    tokenizer = models.load_tokenizer(str(recorded or base_model))
-    quantization = generation_quantization(cfg, training, variants)
-    adapter = on_base(adapter, str(recorded or base_model), quantization, cfg.device)
+    model, tokenizer = evaluated_model(base_model, adapter, quantization, cfg)
     return predict(
-        adapter, tokenizer, eval_sets, params,
+        model, tokenizer, eval_sets, params,
         model_name=model_name, seed=seed,
-        display_name=seed_display_name(variant.get("display_name", model_name), training_seed),
+        display_name=display_name_of(model_name, display_name, variant, training_seed),
     )
 
 
-def on_base(adapter: Any, ref: str, quantization: str, device: str | None) -> Any:
-    """``adapter`` on the base :func:`mift_kedro.models.load_causal_lm` gives for these settings.
-
-    Kept as it is when its base already has that quantization, device and dtype; otherwise
-    its LoRA weights are put on a freshly loaded base (peft's state-dict functions), so that,
-    e.g., a QLoRA adapter is evaluated on bf16 weights when ``reporting.quantization: none``
-    asks for it, exactly like the base row.
-    """
-    import torch
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
-    from mift_kedro import models
-
-    device = device or models.default_device()
-    current = model_device(adapter)
-    wanted = torch.device(device)
-    same_device = current.type == wanted.type and (wanted.index is None or current.index == wanted.index)
-    if (
-        models.loaded_quantization(adapter) == quantization
-        and same_device
-        and adapter.get_base_model().dtype == models.compute_dtype(device)
-    ):
-        return adapter
-    name = adapter.active_adapter
-    logger.info(
-        "Moving adapter %r from a %s base on %s to a %s base on %s (the base row's)",
-        name, models.loaded_quantization(adapter), current, quantization, device,
-    )
-    state = get_peft_model_state_dict(adapter, adapter_name=name)
-    config = adapter.peft_config[name]
-    base = models.load_causal_lm(ref, quantization=quantization, device=device)
-    moved = get_peft_model(base, config, adapter_name=name)
-    set_peft_model_state_dict(moved, state, adapter_name=name)
-    return moved.eval()
-
-
-def _same_ref(a: str, b: str) -> bool:
-    from pathlib import Path
-
-    return str(a) == str(b) or Path(str(a)).resolve() == Path(str(b)).resolve()
-
-
-def _adapter_base(adapter: Any) -> str | None:
-    config = getattr(adapter, "peft_config", None) or {}
-    for spec in config.values():
-        return getattr(spec, "base_model_name_or_path", None)
-    return None
+def base_quantization(params: dict[str, Any], *variant_predictions: pd.DataFrame) -> str:
+    """The quantization of the base row: ``reporting.quantization``, or with ``auto`` the one
+    the adapters ran on, i.e. what their own saved records name (full precision without
+    adapters), so the base row runs on exactly the base the adapters sit on. Adapters trained
+    with different quantizations have no single such base, and that is an error."""
+    cfg = reporting_params(params)
+    if cfg.quantization != "auto":
+        return cfg.quantization
+    ran_on = {
+        str(frame["model"].iloc[0]): str(frame["base_quantization"].iloc[0])
+        for frame in variant_predictions if not frame.empty
+    }
+    values = set(ran_on.values()) or {"none"}
+    if len(values) > 1:
+        raise ParameterError(
+            f"reporting.quantization is auto, but the adapters were trained with different "
+            f"quantizations {ran_on}: set `reporting.quantization` to one of them, so that the "
+            "base model and every adapter run on the same base weights."
+        )
+    return values.pop()
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -291,14 +249,14 @@ def score_predictions(
     start = time.perf_counter()
     scores = pd.DataFrame({**M.rouge_scores(preds, refs), **M.evaluate_rouge_scores(preds, refs)})
     bleu = pd.DataFrame(M.bleu_statistics(preds, refs), columns=M.BLEU_STAT_COLUMNS)
-    scores["bertscore_f1"] = M.bertscore_f1(
+    scores["bertscore_f1"] = on_main_process(lambda: M.bertscore_f1(  # once, not on every GPU
         preds, refs,
         model_type=cfg.bertscore.model_type,
         num_layers=cfg.bertscore.num_layers,
         batch_size=cfg.bertscore.batch_size,
         lang=cfg.bertscore.lang,
         rescale_with_baseline=cfg.bertscore.rescale_with_baseline,
-    )
+    ))
     labelled = _label_columns(frame, preds, classification_answers(sources, eval_sets))
     scores = pd.concat([scores, labelled], axis=1)
     logger.info("Scored %d predictions in %.1f s", len(frame), time.perf_counter() - start)
@@ -343,6 +301,12 @@ def check_same_base(frame: pd.DataFrame) -> None:
     )
 
 
+#: Descriptive, not a quality: each model's mean answer length in words, so a reader sees why
+#: ROUGE or BERTScore differ (a label inside a sentence scores below the label alone); its
+#: difference from the base gets an interval but no test (outside the Holm family).
+ANSWER_LENGTH = "answer_words"
+
+
 def _classes(rows: pd.DataFrame) -> list[str] | None:
     """The class names of a classification set's rows; None for another set."""
     if "label_names" not in rows.columns or rows["label_names"].isna().all():
@@ -366,6 +330,8 @@ def _metrics_for(rows: pd.DataFrame, eval_set: str) -> list[M.Metric]:
     out.append(M.evaluate_bleu_metric(bleu_stats))
     for kind in M.EVALUATE_ROUGE_KINDS:
         out.append(M.mean_metric(f"evaluate_{kind}", rows[f"evaluate_{kind}"].to_numpy()))
+    words = rows["prediction"].fillna("").astype(str).str.split().str.len()
+    out.append(M.mean_metric(ANSWER_LENGTH, words.to_numpy(), higher_is_better=False))
     return out
 
 
@@ -400,28 +366,9 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
             m: g[g["id"].isin(common)].sort_values("id").reset_index(drop=True)
             for m, g in subset.groupby("model", sort=False)
         }
-        n = len(common)
-        weights = M.bootstrap_weights(n, cfg.bootstrap.resamples, seed=seed * 1000 + k)
         metric_sets = {m: _metrics_for(rows, eval_set) for m, rows in by_model.items()}
-        base = metric_sets.get("base")
-        for model in [m for m in model_order if m in by_model]:
-            display = by_model[model]["display_name"].iloc[0]
-            for i, metric in enumerate(metric_sets[model]):
-                est = M.bootstrap_ci(metric, weights, cfg.bootstrap.confidence)
-                record = {
-                    "eval_set": eval_set, "model": model, "display_name": display,
-                    "metric": metric.name, "value": est.value, "ci_low": est.ci_low,
-                    "ci_high": est.ci_high, "n": n, "higher_is_better": metric.higher_is_better,
-                    "delta_vs_base": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan,
-                    "p_value_vs_base": np.nan,
-                }
-                if base is not None and model != "base":
-                    test = M.paired_bootstrap(metric, base[i], weights, cfg.bootstrap.confidence)
-                    record.update(
-                        delta_vs_base=test.delta, delta_ci_low=test.ci_low,
-                        delta_ci_high=test.ci_high, p_value_vs_base=test.p_value,
-                    )
-                records.append(record)
+        weights = M.bootstrap_weights(len(common), cfg.bootstrap.resamples, seed=seed * 1000 + k)
+        records += _estimates(eval_set, by_model, metric_sets, weights, cfg.bootstrap.confidence, model_order)
     frame = pd.DataFrame(records, columns=METRIC_COLUMNS)
     # Holm families: per evaluation set, the comparisons its table shows, and apart from them
     # the study-comparable evaluate_* metrics (the study comparison's)
@@ -433,6 +380,117 @@ def compute_metrics(scores: pd.DataFrame, params: dict[str, Any], seed: int) -> 
     frame["p_holm_vs_base"] = frame.groupby(["eval_set", family])["p_value_vs_base"].transform(stats.holm)
     frame["bootstrap_resamples"] = cfg.bootstrap.resamples
     return frame
+
+
+def _estimates(
+    eval_set: str,
+    by_model: dict[str, pd.DataFrame],
+    metric_sets: dict[str, list[M.Metric]],
+    weights: np.ndarray,
+    confidence: float,
+    model_order: list[str],
+) -> list[dict[str, Any]]:
+    """Rows of ``metrics``: each model's metrics with bootstrap CIs and, for every model but the
+    base, the paired bootstrap test against the base on the same resampled examples."""
+    records = []
+    base = metric_sets.get("base")
+    n = len(next(iter(by_model.values()))) if by_model else 0
+    for model in [m for m in model_order if m in by_model]:
+        display = by_model[model]["display_name"].iloc[0]
+        for i, metric in enumerate(metric_sets[model]):
+            est = M.bootstrap_ci(metric, weights, confidence)
+            record = {
+                "eval_set": eval_set, "model": model, "display_name": display,
+                "metric": metric.name, "value": est.value, "ci_low": est.ci_low,
+                "ci_high": est.ci_high, "n": n, "higher_is_better": metric.higher_is_better,
+                "delta_vs_base": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan,
+                "p_value_vs_base": np.nan,
+            }
+            if base is not None and model != "base":
+                test = M.paired_bootstrap(metric, base[i], weights, confidence)
+                record.update(
+                    delta_vs_base=test.delta, delta_ci_low=test.ci_low,
+                    delta_ci_high=test.ci_high,
+                    # a descriptive metric (answer length) gets a difference, not a test
+                    p_value_vs_base=test.p_value if metric.name != ANSWER_LENGTH else np.nan,
+                )
+            records.append(record)
+    return records
+
+
+# --- standard benchmarks (lm-evaluation-harness) ------------------------------------------
+
+
+def score_benchmarks(
+    base_model: str,
+    params: dict[str, Any],
+    seed: int,
+    *,
+    model_name: str = "base",
+    display_name: str | None = None,
+    variant: dict[str, Any] | None = None,
+    adapter: Any = None,
+    quantization: str | None = None,
+    training_seed: int | None = None,
+) -> pd.DataFrame:
+    """lm-eval's per-sample results of one model (base, or base + ``adapter``) on every task of
+    ``reporting.benchmarks``, on the same base weights as its generation (:mod:`.benchmark`)."""
+    import torch
+
+    cfg = reporting_params(params)
+    if not cfg.benchmarks.tasks:
+        return pd.DataFrame(columns=B.SAMPLE_COLUMNS)
+    model, tokenizer = evaluated_model(base_model, adapter, quantization, cfg)
+    threads = torch.get_num_threads()
+    use_cpu_threads(cfg.torch_threads, model_device(model).type)
+    try:
+        return B.evaluate(
+            model, tokenizer, cfg.benchmarks, model_name=model_name, seed=seed, root=B.data_dir(),
+            display_name=display_name_of(model_name, display_name, variant, training_seed),
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+#: Bootstrap seeds of the benchmarks: apart from those of the evaluation sets (``seed * 1000 + k``).
+BENCHMARK_SEED_OFFSET = 100
+
+
+def compute_benchmark_metrics(params: dict[str, Any], seed: int, *samples: pd.DataFrame) -> pd.DataFrame:
+    """acc and acc_norm of every model on every benchmark task with bootstrap CIs, and paired
+    bootstrap tests of each variant against the base on the same questions, Holm-adjusted
+    within a task's table. The columns of ``metrics``, ``eval_set`` being the task's name."""
+    cfg = reporting_params(params)
+    frame = pd.concat([s for s in samples if not s.empty], ignore_index=True) if any(
+        not s.empty for s in samples) else pd.DataFrame(columns=B.SAMPLE_COLUMNS)
+    if not frame.empty:
+        check_same_base(frame)
+    records = []
+    model_order = list(dict.fromkeys(frame["model"]))
+    for k, task in enumerate(dict.fromkeys(frame["task"])):
+        by_model = B.paired_samples(frame, task)
+        metric_sets = {
+            m: [M.mean_metric(name, rows[name].to_numpy(dtype=float)) for name in B.SAMPLE_METRICS]
+            for m, rows in by_model.items()
+        }
+        n = len(next(iter(by_model.values())))
+        weights = M.bootstrap_weights(n, cfg.bootstrap.resamples, seed=seed * 1000 + BENCHMARK_SEED_OFFSET + k)
+        records += _estimates(task, by_model, metric_sets, weights, cfg.bootstrap.confidence, model_order)
+    metrics = pd.DataFrame(records, columns=METRIC_COLUMNS)
+    metrics["p_holm_vs_base"] = metrics.groupby("eval_set")["p_value_vs_base"].transform(stats.holm)
+    metrics["bootstrap_resamples"] = cfg.bootstrap.resamples
+    return metrics
+
+
+def build_benchmark_table(
+    benchmark_metrics: pd.DataFrame, seed_summary: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, str]:
+    """The benchmarks' table: CSV frame (one block per task) and Markdown text."""
+    return R.benchmark_frame(benchmark_metrics, seed_summary), R.benchmark_markdown(benchmark_metrics, seed_summary)
+
+
+def plot_benchmarks(benchmark_metrics: pd.DataFrame):
+    return R.benchmark_figure(benchmark_metrics)
 
 
 # --- tables, plots, report ------------------------------------------------------------------
@@ -447,15 +505,13 @@ def build_table(
 
 
 def build_seed_summary(
-    metrics: pd.DataFrame, variants: dict[str, Any], training_seeds: list[int]
+    metrics: pd.DataFrame, variants: dict[str, Any], training_seeds: list[int],
+    benchmark_metrics: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Each variant's metrics over its training seeds: mean, sd, min, max (CSV and Markdown)."""
-    summary = seeds.seed_summary(metrics, variants, training_seeds)
+    """Each variant's metrics (benchmark accuracies included) over its training seeds: mean,
+    sd, min, max (CSV and Markdown)."""
+    summary = seeds.seed_summary(_with_benchmarks(metrics, benchmark_metrics), variants, training_seeds)
     return summary, R.seed_summary_markdown(summary)
-
-
-def plot_metrics(metrics: pd.DataFrame, eval_set: str):
-    return R.metric_figure(metrics, eval_set)
 
 
 def build_confusion_matrix(scores: pd.DataFrame, eval_set: str) -> tuple[pd.DataFrame, str, Any]:
@@ -479,6 +535,10 @@ def build_confusion_matrix(scores: pd.DataFrame, eval_set: str) -> tuple[pd.Data
     return table, R.confusion_markdown(table, eval_set), R.confusion_figure(table, eval_set)
 
 
+def plot_metrics(metrics: pd.DataFrame, eval_set: str):
+    return R.metric_figure(metrics, eval_set)
+
+
 def build_study_comparison(metrics: pd.DataFrame, study: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:
     """The run's study-comparable figures beside the reference study's (``reference_study``)."""
     parsed = reference_study(study)
@@ -491,11 +551,18 @@ def build_report(
     curve: pd.DataFrame,
     comparison: pd.DataFrame,
     seed_summary: pd.DataFrame,
+    benchmark_metrics: pd.DataFrame,
     parameters: dict[str, Any],
     *predictions: pd.DataFrame,
 ) -> str:
     frame = pd.concat(predictions, ignore_index=True)
-    return R.render_report(metrics, frame, parameters, curve, comparison, seed_summary)
+    return R.render_report(metrics, frame, parameters, curve, comparison, seed_summary, benchmark_metrics)
+
+
+def _with_benchmarks(metrics: pd.DataFrame, benchmark_metrics: pd.DataFrame | None) -> pd.DataFrame:
+    if benchmark_metrics is None or benchmark_metrics.empty:
+        return metrics
+    return pd.concat([metrics, benchmark_metrics], ignore_index=True)
 
 
 def curve_metrics(metrics: pd.DataFrame) -> list[tuple[str, str]]:
@@ -515,13 +582,17 @@ def build_forgetting_curve(
     reporting: dict[str, Any],
     training_seeds: list[int] | None = None,
     seed_summary: pd.DataFrame | None = None,
+    benchmark_metrics: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, str, Any]:
     """The forgetting curve over the declared variants (every training seed a point), with each
-    variant's spread over seeds when there are several: table (CSV and Markdown) and plot."""
+    variant's spread over seeds when there are several: table (CSV and Markdown) and plot.
+    Every benchmark's accuracy is a curve of its own, after the configured metrics."""
     pairs = reporting_params(reporting).forgetting_curve_metrics
-    models = trained_models(variants, training_seeds)
     chosen = [(p.eval_set, p.metric) for p in pairs] if pairs else curve_metrics(metrics)
-    curve = S.forgetting_curve(metrics, variants, chosen, models=models)
+    if benchmark_metrics is not None and not benchmark_metrics.empty:
+        chosen += [(task, "acc") for task in dict.fromkeys(benchmark_metrics["eval_set"])]
+    models = trained_models(variants, training_seeds)
+    curve = S.forgetting_curve(_with_benchmarks(metrics, benchmark_metrics), variants, chosen, models=models)
     return (
         curve,
         S.forgetting_curve_markdown(curve, seed_summary),

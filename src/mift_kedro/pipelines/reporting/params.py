@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
+    NonNegativeInt,
     PositiveInt,
     RootModel,
     model_validator,
@@ -55,6 +56,34 @@ EVALUATE_METRICS = ("evaluate_bleu", "evaluate_rouge1", "evaluate_rouge2", "eval
 MetricName = Literal[PROJECT_METRICS + EVALUATE_METRICS]
 
 
+class BenchmarkTask(StrictModel):
+    """Where one lm-evaluation-harness task's questions come from."""
+
+    local_dir: str | None = Field(
+        default=None,
+        description="folder of <split>.jsonl files in the allenai/ai2_arc schema, relative to "
+        "MIFT_DATA_DIR (used only when it is set) or absolute (always used); null: the stock task",
+    )
+    split: str = Field(default="test", min_length=1, description="the local split scored")
+
+
+class BenchmarksParams(StrictModel):
+    """Standard multiple-choice benchmarks scored by log-likelihood (:mod:`.benchmark`)."""
+
+    tasks: dict[str, BenchmarkTask | None] = Field(
+        default_factory=dict, description="lm-eval task (or group) name -> its data; empty: no benchmark"
+    )
+    limit: PositiveInt | None = Field(default=None, description="first N questions per task; null: all")
+    apply_chat_template: bool = Field(
+        default=False, description="false: plain prompts, as lm-eval scores base models"
+    )
+    num_fewshot: NonNegativeInt = 0
+    batch_size: PositiveInt = 16
+
+    def task(self, name: str) -> BenchmarkTask:
+        return self.tasks.get(name) or BenchmarkTask()
+
+
 class CurveMetric(StrictModel):
     eval_set: str = Field(min_length=1, description="a configured evaluation set (`eval_sets`)")
     metric: MetricName | str
@@ -69,7 +98,7 @@ class ReportingParams(StrictModel):
     )
     quantization: Literal["auto", "none", "4bit"] = Field(
         default="auto",
-        description="base weights of every row; auto: what the variants were trained with",
+        description="base weights of every row; auto: what the adapters' own records name",
     )
     max_new_tokens: dict[str, PositiveInt]
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -77,6 +106,7 @@ class ReportingParams(StrictModel):
     bertscore: BertScoreParams = Field(default_factory=BertScoreParams)
     bootstrap: BootstrapParams = Field(default_factory=BootstrapParams)
     examples_per_set: PositiveInt = 5
+    benchmarks: BenchmarksParams = Field(default_factory=BenchmarksParams)
     forgetting_curve_metrics: list[CurveMetric] | None = Field(
         default=None, description="(eval_set, metric) pairs of the forgetting curve; None: the default six"
     )
@@ -154,33 +184,6 @@ class ReferenceStudyBlock(RootModel[ReferenceStudy | None]):
 def reference_study(raw: dict[str, Any] | None) -> ReferenceStudy:
     """Parse ``reference_study``; null gives the study columns with no figures."""
     return validated(ReferenceStudyBlock, raw, "`reference_study`").root or ReferenceStudy()
-
-
-def generation_quantization(
-    cfg: ReportingParams, training: dict[str, Any], variants: dict[str, Any]
-) -> str:
-    """The quantization every model (base and variants) generates with.
-
-    ``auto`` is the quantization the variants were trained with (``training.quantization``
-    with each variant's overrides), so the base row runs on exactly the base the adapters
-    sit on; variants trained differently have no single such base, and that is an error.
-    """
-    if cfg.quantization != "auto":
-        return cfg.quantization
-    from mift_kedro.pipelines.training.params import training_params
-
-    trained = {
-        name: training_params(training, (spec or {}).get("training")).quantization
-        for name, spec in (variants or {}).items()
-    }
-    values = set(trained.values()) or {training_params(training).quantization}
-    if len(values) > 1:
-        raise ParameterError(
-            f"reporting.quantization is auto, but the variants were trained with different "
-            f"quantizations {trained}: set `reporting.quantization` to one of them, so that the "
-            "base model and every adapter run on the same base weights."
-        )
-    return values.pop()
 
 
 def reporting_params(raw: dict[str, Any] | ReportingParams) -> ReportingParams:

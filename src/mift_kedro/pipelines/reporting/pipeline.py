@@ -3,7 +3,9 @@
 
 Models are data: the base model (namespace ``base``) plus one namespace per variant declared
 under ``variants`` in parameters and training seed of ``training_seeds`` (the variant's name
-with one seed, ``<variant>_s<seed>`` with several), each generating ``<model>.predictions``.
+with one seed, ``<variant>_s<seed>`` with several), each generating ``<model>.predictions`` and
+scoring the standard benchmarks (``<model>.benchmark_samples``, lm-evaluation-harness) on the
+same base weights; the base row's quantization (``auto``) is the one the adapters ran on.
 ``seed_summary`` aggregates the per-seed metrics of each variant (mean, sd, min, max), which
 tables A/B/C, the forgetting curve and the report show beside the bootstrap CIs.
 """
@@ -11,6 +13,7 @@ tables A/B/C, the forgetting curve and the report show beside the bootstrap CIs.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
@@ -46,45 +49,52 @@ def _collect_pipeline(eval_sets: list[str]) -> Pipeline:
     ], tags=["reporting", "generation"])
 
 
-def _base_pipeline() -> Pipeline:
+def _model_nodes(bound: dict[str, Any], **given: str) -> list[Node]:
+    """One model's generation and benchmark nodes: ``bound`` fixed keyword arguments (its name),
+    ``given`` the node inputs beside the shared ones (adapter, display name, quantization)."""
+    shared = {"base_model": "base_model", "params": "params:reporting", "seed": "params:seed"}
+    # generation reads the configured sets and their budgets (the reporting block with them)
+    evals = {"eval_sets": "evaluation_sets", "params": "generation_params"}
+    return [
+        Node(bind(nodes.generate_predictions, **bound), {**shared, **evals, **given}, "predictions",
+             name="generate_predictions"),
+        Node(bind(nodes.score_benchmarks, **bound), {**shared, **given}, "benchmark_samples",
+             name="score_benchmarks"),
+    ]
+
+
+def _base_pipeline(models: list[TrainedModel]) -> Pipeline:
+    """The base model; its quantization (``auto``) is the one the adapters ran on."""
+    predictions = [f"{m.name}.predictions" for m in models]
+    with warnings.catch_warnings():  # it reads the variants' namespaced `<model>.predictions` on purpose
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        quantization = Node(nodes.base_quantization, ["params:reporting", *predictions], "quantization",
+                            name="base_quantization")
     return pipeline(
         [
-            Node(
-                nodes.generate_base_predictions,
-                ["base_model", *EVAL_INPUTS, "params:seed",
-                 "params:reporting.base_display_name", "params:training", "params:variants"],
-                "predictions",
-                name="generate_predictions",
-            )
+            quantization,
+            *_model_nodes({"model_name": BASE}, display_name="params:reporting.base_display_name",
+                          quantization="quantization"),
         ],
         namespace=BASE,
-        inputs={"base_model", *EVAL_INPUTS},
-        parameters={"params:seed", "params:reporting.base_display_name",
-                    "params:training", "params:variants"},
+        inputs={"base_model", *EVAL_INPUTS, *predictions},
+        parameters={"params:reporting", "params:seed", "params:reporting.base_display_name"},
         tags=["reporting", "generation", BASE],
     )
 
 
 def _variant_pipeline(model: TrainedModel, several: bool) -> Pipeline:
-    """Generation with one variant's adapter for one training seed (namespace ``model.name``)."""
+    """Generation and benchmarks of one variant's adapter for one training seed (namespace
+    ``model.name``)."""
     named = {"training_seed": model.seed} if several else {}  # display name "FT-CustomOnly (seed 43)"
     return pipeline(
-        [
-            Node(
-                bind(nodes.generate_variant_predictions, model_name=model.name, **named),
-                ["adapter", "base_model", *EVAL_INPUTS, "params:seed",
-                 "params:variant", "params:training", "params:variants"],
-                "predictions",
-                name="generate_predictions",
-            )
-        ],
+        _model_nodes({"model_name": model.name, **named}, adapter="adapter", variant="params:variant"),
         namespace=model.name,
         inputs={"base_model", *EVAL_INPUTS},
         parameters={
+            "params:reporting": "params:reporting",
             "params:seed": "params:seed",
             "params:variant": f"params:variants.{model.variant}",
-            "params:training": "params:training",
-            "params:variants": "params:variants",
         },
         tags=["reporting", "generation", model.variant, model.name],
     )
@@ -101,6 +111,19 @@ def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline
     predictions = [f"{m}.predictions" for m in models]
     nodes_ = [
         Node(
+            nodes.compute_benchmark_metrics,
+            ["params:reporting", "params:seed", *(f"{m}.benchmark_samples" for m in models)],
+            "benchmark_metrics",
+            name="compute_benchmark_metrics",
+        ),
+        Node(
+            nodes.build_benchmark_table,
+            ["benchmark_metrics", "seed_summary"],
+            ["table_benchmarks_csv", "table_benchmarks_md"],
+            name="build_benchmark_table",
+        ),
+        Node(nodes.plot_benchmarks, "benchmark_metrics", "plot_benchmarks", name="plot_benchmarks"),
+        Node(
             nodes.score_predictions,
             ["params:reporting", "params:sources", "params:eval_sets", *predictions],
             "per_example_scores",
@@ -114,13 +137,14 @@ def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline
         ),
         Node(
             nodes.build_seed_summary,
-            ["metrics", "params:variants", "params:training_seeds"],
+            ["metrics", "params:variants", "params:training_seeds", "benchmark_metrics"],
             ["seed_summary", "seed_summary_md"],
             name="build_seed_summary",
         ),
         Node(
             nodes.build_forgetting_curve,
-            ["metrics", "params:variants", "params:reporting", "params:training_seeds", "seed_summary"],
+            ["metrics", "params:variants", "params:reporting", "params:training_seeds", "seed_summary",
+             "benchmark_metrics"],
             ["forgetting_curve", "forgetting_curve_md", "plot_forgetting_curve"],
             name="build_forgetting_curve",
         ),
@@ -132,7 +156,8 @@ def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline
         ),
         Node(
             nodes.build_report,
-            ["metrics", "forgetting_curve", "study_comparison", "seed_summary", "parameters", *predictions],
+            ["metrics", "forgetting_curve", "study_comparison", "seed_summary", "benchmark_metrics",
+             "parameters", *predictions],
             "report",
             name="build_report",
         ),
@@ -186,7 +211,7 @@ def create_pipeline(
     if BASE in {m.name for m in models}:
         raise ValueError(f"a variant may not be called {BASE!r}: that namespace is the base model's")
     several = len(seeds or []) > 1
-    per_model = [_base_pipeline()] + [_variant_pipeline(m, several) for m in models]
+    per_model = [_base_pipeline(models)] + [_variant_pipeline(m, several) for m in models]
     return (
         _collect_pipeline(list(eval_sets)) + sum(per_model, Pipeline([]))
         + _shared_pipeline([BASE, *(m.name for m in models)], eval_sets, sources)

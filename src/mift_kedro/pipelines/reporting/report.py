@@ -37,7 +37,18 @@ METRIC_LABELS = {
     "evaluate_rouge2": "ROUGE-2 F1 (evaluate, unstemmed)",
     "evaluate_rougeL": "ROUGE-L F1 (evaluate, unstemmed)",
     "evaluate_rougeLsum": "ROUGE-Lsum F1 (evaluate, unstemmed)",
+    "answer_words": "Answer length (mean words; descriptive, not tested)",
+    "acc": "Accuracy (lm-eval acc)",
+    "acc_norm": "Length-normalised accuracy (lm-eval acc_norm)",
 }
+BENCHMARKS_TITLE = "Standard benchmarks (lm-evaluation-harness, log-likelihood)"
+TITLES["benchmarks"] = BENCHMARKS_TITLE
+BENCHMARKS_NOTE = (
+    "Multiple-choice questions scored by log-likelihood through lm-evaluation-harness: a model's "
+    "answer is the choice whose tokens it gives the highest summed log-probability after the "
+    "question (acc), or the highest per character of the choice (acc_norm); no text is generated, "
+    "so wording cannot help. Every model is scored on the same questions and base weights."
+)
 NOTES = {
     "sentiment": (
         "The answers are one word, so BLEU (4-gram precision) is meaningless here: with no 2-, 3- "
@@ -68,12 +79,9 @@ def _models(metrics: pd.DataFrame) -> list[tuple[str, str]]:
 
 def _subset(metrics: pd.DataFrame, eval_set: str) -> pd.DataFrame:
     """The rows of one table (A/B/C): the evaluation set's metrics without the study-comparable
-    ``evaluate_*`` ones and the per-class recalls (the confusion matrix's table shows those), so
-    a table's Holm family is the comparisons it shows."""
-    subset = metrics[
-        (metrics["eval_set"] == eval_set) & ~metrics["metric"].isin(EVALUATE_METRICS)
-        & ~metrics["metric"].str.startswith("recall/")
-    ]
+    ``evaluate_*`` ones, so a table's Holm family is the comparisons it shows."""
+    subset = metrics[(metrics["eval_set"] == eval_set) & ~metrics["metric"].isin(EVALUATE_METRICS)
+        & ~metrics["metric"].str.startswith("recall/")]
     if subset.empty:
         raise ValueError(f"no metrics for evaluation set {eval_set!r}")
     return subset
@@ -213,6 +221,16 @@ def seed_summary_rows(summary: pd.DataFrame, eval_set: str) -> tuple[list[str], 
     return header, rows
 
 
+def eval_sets_of(frame: pd.DataFrame) -> list[str]:
+    """The evaluation sets of a metrics-like frame: tables A/B/C's first, then the benchmarks."""
+    present = list(dict.fromkeys(frame["eval_set"]))
+    return [s for s in TABLES if s in present] + [s for s in present if s not in TABLES]
+
+
+def _title(eval_set: str) -> str:
+    return TITLES.get(eval_set, f"Benchmark {eval_set}")
+
+
 def seed_summary_markdown(summary: pd.DataFrame) -> str:
     """The seed summary as Markdown: one table per evaluation set; with one seed per variant, a
     line saying there is no spread to show."""
@@ -227,10 +245,9 @@ def seed_summary_markdown(summary: pd.DataFrame) -> str:
         "",
         f"{int(summary['n_seeds'].max())} training seeds per variant ({first['seeds'].replace(',', ', ')}). {seeds.SPREAD_NOTE}",
     ]
-    for eval_set in ordered_sets(summary["eval_set"]):
-        if (summary["eval_set"] == eval_set).any():
-            header, rows = seed_summary_rows(summary, eval_set)
-            lines += ["", f"**{title(eval_set)}**", "", *_markdown_table(header, rows)]
+    for eval_set in eval_sets_of(summary):
+        header, rows = seed_summary_rows(summary, eval_set)
+        lines += ["", f"**{_title(eval_set)}**", "", *_markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -315,12 +332,54 @@ def study_markdown(comparison: pd.DataFrame, study: ReferenceStudy) -> str:
     return "\n".join(lines) + "\n"
 
 
+def benchmark_frame(benchmarks: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The benchmarks' numeric table: per task the rows of :func:`table_frame`, with the task."""
+    if benchmarks.empty:
+        return pd.DataFrame(columns=["task", "metric", "n"])
+    return pd.concat(
+        [table_frame(benchmarks, task, summary).assign(task=task) for task in eval_sets_of(benchmarks)],
+        ignore_index=True,
+    ).pipe(lambda f: f[["task", *[c for c in f.columns if c != "task"]]])
+
+
+def benchmark_markdown(benchmarks: pd.DataFrame, summary: pd.DataFrame | None = None) -> str:
+    """The benchmarks' tables (one per task, its own Holm family) as Markdown."""
+    lines = [f"## {BENCHMARKS_TITLE}", ""]
+    if benchmarks.empty:
+        return "\n".join([*lines, "_No benchmark configured (`reporting.benchmarks.tasks`)._"]) + "\n"
+    lines += [BENCHMARKS_NOTE]
+    for task in eval_sets_of(benchmarks):
+        header, rows = table_rows(benchmarks, task, summary)
+        subset = _subset(benchmarks, task)
+        lines += [
+            "", f"**{task}**", "",
+            f"n = {int(subset['n'].iloc[0])} questions. Cells: value [95% bootstrap CI]; for fine-tuned "
+            "models also (Δ vs base, paired bootstrap p-value, Holm-adjusted p-value).",
+            "", stats.family_note(subset, "on this task"),
+            *(["", seeds.SPREAD_NOTE] if seeds.several_seeds(summary) else []),
+            "", *_markdown_table(header, rows),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_figure(benchmarks: pd.DataFrame):
+    """Grouped bars per (task, metric) and model with 95% CI error bars."""
+    if benchmarks.empty:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6, 1.5), dpi=100)
+        fig.text(0.5, 0.5, "No benchmark configured (reporting.benchmarks.tasks)", ha="center", va="center")
+        return fig
+    flat = benchmarks.assign(eval_set="benchmarks", metric=benchmarks["eval_set"] + " " + benchmarks["metric"])
+    return metric_figure(flat, "benchmarks")
+
+
 def metric_figure(metrics: pd.DataFrame, eval_set: str):
     """Grouped bars per metric and model with 95% CI error bars (BLEU shown as BLEU/100)."""
     from matplotlib.figure import Figure
 
     subset = _subset(metrics, eval_set)
-    order = _metric_order(subset)
+    order = [m for m in _metric_order(subset) if m != "answer_words"]  # words, not a 0-1 score
     models = _models(subset)
     fig = Figure(figsize=(max(6.0, 1.2 * len(order) + 2), 4.2), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -446,6 +505,7 @@ def render_report(
     curve: pd.DataFrame | None = None,
     comparison: pd.DataFrame | None = None,
     summary: pd.DataFrame | None = None,
+    benchmarks: pd.DataFrame | None = None,
 ) -> str:
     """One self-contained HTML page: tables, plots (inline PNG), the study comparison, the
     spread over training seeds (``summary``, when there are several), parameters, examples."""
@@ -468,6 +528,7 @@ def render_report(
         _base_weights_html(predictions),
         "<h2>Contents</h2><ul>"
         + "".join(f"<li><a href='#{s}'>{html.escape(title(s))}</a></li>" for s in ordered_sets(metrics["eval_set"]))
+        + ("<li><a href='#benchmarks'>Standard benchmarks</a></li>" if benchmarks is not None and not benchmarks.empty else "")
         + ("<li><a href='#seeds'>Spread over training seeds</a></li>" if seeds.several_seeds(summary) else "")
         + ("<li><a href='#study'>Against the reference study</a></li>" if comparison is not None and not comparison.empty else "")
         + ("<li><a href='#forgetting_curve'>Forgetting curve</a></li>" if curve is not None and not curve.empty else "")
@@ -486,13 +547,23 @@ def render_report(
             f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
             f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
         ]
+    if benchmarks is not None and not benchmarks.empty:
+        parts += [f"<h2 id='benchmarks'>{html.escape(BENCHMARKS_TITLE)}</h2>", f"<p>{html.escape(BENCHMARKS_NOTE)}</p>"]
+        for task in eval_sets_of(benchmarks):
+            header, rows = table_rows(benchmarks, task, summary)
+            subset = _subset(benchmarks, task)
+            parts += [
+                f"<h3>{html.escape(task)}</h3>",
+                f"<p>n = {int(subset['n'].iloc[0])} questions. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
+                _html_table(header, rows),
+                f"<p class='note'>{html.escape(stats.family_note(subset, 'on this task'))}</p>",
+            ]
+        parts.append(f"<img alt='benchmarks' src='data:image/png;base64,{_figure_png(benchmark_figure(benchmarks))}'>")
     if seeds.several_seeds(summary):
         parts += ["<h2 id='seeds'>Spread over training seeds</h2>", f"<p>{html.escape(seeds.SPREAD_NOTE)}</p>"]
-        for eval_set in ordered_sets(summary["eval_set"]):
-            part = summary[summary["eval_set"] == eval_set]
-            if not part.empty:
-                header, rows = seed_summary_rows(summary, eval_set)
-                parts += [f"<h3>{html.escape(title(eval_set))}</h3>", _html_table(header, rows)]
+        for eval_set in eval_sets_of(summary):
+            header, rows = seed_summary_rows(summary, eval_set)
+            parts += [f"<h3>{html.escape(_title(eval_set))}</h3>", _html_table(header, rows)]
     if comparison is not None and not comparison.empty:
         header, rows = study_rows(comparison)
         study = reference_study((parameters or {}).get("reference_study"))

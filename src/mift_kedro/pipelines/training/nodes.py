@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from mift_kedro import models
+from mift_kedro import chat, models
 from mift_kedro.config import ParameterError, seed_display_name, variant_spec
 from mift_kedro.pipelines.training.params import TrainingParams, base_model_params, training_params
 
@@ -216,12 +216,17 @@ def training_setup(params: TrainingParams) -> Setup:
     return Setup(state, batches, device, gradient_checkpointing, threads)
 
 
-def training_data(training_set: pd.DataFrame) -> Any:
+def training_data(training_set: pd.DataFrame, tokenizer: Any = None) -> Any:
     """The variant's conversations as a ``datasets.Dataset`` of ``prompt`` / ``completion``
-    messages: TRL's conversational prompt-completion format, which it tokenizes itself."""
+    messages: TRL's conversational prompt-completion format, which it tokenizes itself. With
+    ``tokenizer``, a system turn is laid out as its template takes one (:func:`chat.conform`),
+    as generation lays it out."""
     from datasets import Dataset
 
-    return Dataset.from_pandas(training_set[["prompt", "completion"]], preserve_index=False)
+    frame = training_set[["prompt", "completion"]]
+    if tokenizer is not None:
+        frame = frame.assign(prompt=[chat.conform(tokenizer, p) for p in frame["prompt"]])
+    return Dataset.from_pandas(frame, preserve_index=False)
 
 
 def checkpoint_location(
@@ -251,9 +256,11 @@ def checkpoint_location(
 
 def model_with_adapter(base_model: str, params: TrainingParams, seed: int, setup: Setup) -> Any:
     """The base model (fp32 on CPU, 4-bit NF4 for QLoRA), attending per example in padding-free
-    batches, wrapped in a seeded LoRA adapter."""
+    batches, wrapped in a seeded LoRA adapter; loaded once the memory of an earlier variant's
+    model is free."""
     from mift_kedro.pipelines.training.trainer import register_packed_attention
 
+    models.free_memory()  # the variant trained before this one in the same run
     model = models.load_causal_lm(base_model, params.quantization, setup.device)
     model.set_attn_implementation(register_packed_attention())  # attention per example
     return add_lora(model, params, seed, setup.gradient_checkpointing)
@@ -284,7 +291,7 @@ def build_trainer(
         callbacks=[TrainingProgress(name), *(callbacks or [])],
         max_length=params.max_length,
         overlong=params.overlong,
-        compute_dtype=models.compute_dtype(setup.device),
+        trainable_dtype=models.trainable_dtype(setup.device),
     )
     trainer.remove_callback(PrinterCallback)
     report = trainer.data_report
@@ -319,10 +326,11 @@ def log_plan(
 
 
 def finished_adapter(trainer: Any) -> Any:
-    """The trained adapter, ready for generation: standard attention (batches with padding),
-    eval mode."""
+    """The trained adapter, ready for generation: the model's standard attention (batches with
+    padding; eager for Gemma-2's soft-capping), eval mode."""
     adapter = trainer.model
-    adapter.get_base_model().set_attn_implementation("sdpa")
+    base = adapter.get_base_model()
+    base.set_attn_implementation(models.standard_attention(base.config))
     adapter.eval()
     return adapter
 
@@ -355,7 +363,7 @@ def train_adapter(
     setup = training_setup(params)
 
     tokenizer = models.load_tokenizer(base_model)
-    dataset = training_data(training_set)
+    dataset = training_data(training_set, tokenizer)
     output_dir, resume_from = checkpoint_location(params, spec, seed, base_model, training_set, setup)
     model = model_with_adapter(base_model, params, seed, setup)
     trainer = build_trainer(model, tokenizer, dataset, params, output_dir, seed, setup, name, callbacks)

@@ -61,7 +61,15 @@ class BaseModelParams(config.StrictModel):
     )
     name: str = Field(min_length=1, description="GGUF file name, Hub id or directory")
     revision: str | None = Field(
-        default=None, description="hub: the commit (or tag/branch) to load; None: the default branch"
+        default=None,
+        description="hub: the commit (or tag/branch) to load; None: the pinned_revisions entry of the "
+        "name, else the default branch",
+    )
+    pinned_revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description="hub id -> commit, used when revision is None: an environment pins its models "
+        "here, so `--params base_model.name=<hub id>` alone loads another model at its own pin "
+        "(or its default branch), never at the first model's commit",
     )
     chat_template: str | None = Field(
         default=None,
@@ -69,8 +77,17 @@ class BaseModelParams(config.StrictModel):
         "no chat template of its own",
     )
 
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="variables of the chat template, fixed for training and generation alike "
+        "(e.g. {enable_thinking: true} for Qwen3's thinking block; off by default)",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> BaseModelParams:
+        for key in self.chat_template_kwargs or {}:
+            if not key.isidentifier():
+                raise ValueError(f"chat_template_kwargs: {key!r} is not a template variable name")
         if self.chat_template and not Path(self.chat_template).expanduser().is_file():
             raise ValueError(
                 f"chat_template: no file {self.chat_template!r} (relative to "
@@ -86,8 +103,9 @@ class BaseModelParams(config.StrictModel):
         return models.ModelSource(
             source=self.source,
             name=self.name,
-            revision=self.revision if self.source == "hub" else None,
+            revision=(self.revision or self.pinned_revisions.get(self.name)) if self.source == "hub" else None,
             chat_template=self.template_text(),
+            chat_template_kwargs=self.chat_template_kwargs,
         )
 
 

@@ -12,12 +12,15 @@ loss) and flattens each batch into one padding-free row with the examples' bound
   does the latter. Same loss: the mean over the step's response tokens.
 * **Attention per example** in padding-free batches (:func:`packed_sdpa_attention`, reading
   the boundaries TRL's collator passes as ``cu_seq_lens_q``): transformers' SDPA path turns a
-  flattened row into a block-diagonal mask and computes every pair of tokens.
+  flattened row into a block-diagonal mask and computes every pair of tokens. Sliding windows
+  and Gemma-2's attention-logit soft-capping are applied per example too.
 * **The overlong policy**: examples longer than ``training.max_length`` are dropped or
   truncated, and counted (``data_report``), instead of TRL's silent truncation.
-* **LoRA weights in the base weights' compute dtype**: TRL casts QLoRA adapters to bf16 (the
-  QLoRA paper's bf16 compute on GPUs); on the CPU the weights are fp32, so the adapters stay
-  fp32 there (master weights; ``training.sft.bf16: true`` adds bf16 autocast).
+* **LoRA weights in the dtype the device trains them in** (:func:`mift_kedro.models.trainable_dtype`):
+  TRL casts QLoRA adapters to bf16 (the QLoRA paper's bf16 compute on GPUs); on the CPU the
+  weights are fp32, so the adapters stay fp32 there (master weights; ``training.sft.bf16:
+  true`` adds bf16 autocast), and so they do under fp16 mixed precision (GPUs before Ampere),
+  whose gradient scaler cannot unscale fp16 gradients.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from trl import SFTTrainer
 logger = logging.getLogger(__name__)
 
 #: Attention implementation for padding-free batches: SDPA run per example.
-PACKED_ATTENTION = "mift_packed_sdpa"
+PACKED_ATTENTION = "mift_packed_attention"  # no "sdpa" in it: transformers would demand SDPA support (Gemma-2 has none)
 
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -43,21 +46,57 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     SDPA on the whole flattened row with a block-diagonal mask computes every pair of tokens
     and masks most of them out (a quarter of the step time at 8 examples per row); per example,
     attention costs the sum of squared lengths, like flash-attention's varlen kernels on GPUs.
+    A layer's sliding window (Mistral, Qwen2, Gemma-2/3: ``sliding_window``) applies to an
+    example longer than it, through a banded causal mask; soft-capped attention logits
+    (Gemma-2: ``softcap``) are computed in eager attention, per example too.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None or query.shape[0] != 1:
+        if kwargs.get("softcap"):  # SDPA has no soft-capping: the model family's eager attention
+            from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+            return eager_attention_forward(module, query, key, value, attention_mask, dropout, scaling, kwargs["softcap"])
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling)
-    bounds = bounds.tolist()
-    outputs = [
-        sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None,
-            dropout, scaling, is_causal=True,
-        )[0]
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
+    outputs = []
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        banded = window is not None and end - start > window
+        if softcap:
+            outputs.append(_eager_attention(module, q, k, v, _causal(end - start, window, q.device), dropout, scaling, softcap))
+        elif banded:
+            mask = _causal(end - start, window, q.device)
+            outputs.append(sdpa_attention_forward(module, q, k, v, mask, dropout, scaling, is_causal=False)[0])
+        else:
+            outputs.append(sdpa_attention_forward(module, q, k, v, None, dropout, scaling, is_causal=True)[0])
     return torch.cat(outputs, dim=1), None
+
+
+def _causal(length: int, window: int | None, device: Any) -> torch.Tensor:
+    """Boolean ``(1, 1, length, length)`` mask, True where a query attends: causal, and within
+    ``window`` tokens (itself included) when set, as transformers' sliding-window masks."""
+    positions = torch.arange(length, device=device)
+    allowed = positions[None, :] <= positions[:, None]
+    if window is not None:
+        allowed &= positions[None, :] > positions[:, None] - window
+    return allowed[None, None]
+
+
+def _eager_attention(module, query, key, value, allowed, dropout, scaling, softcap) -> torch.Tensor:
+    """Attention with logit soft-capping (``softcap * tanh(scores / softcap)``, Gemma-2), as the
+    model's own eager attention computes it; output ``(batch, length, heads, dim)``."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scores = (query @ key.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return (probs @ value).transpose(1, 2).contiguous()
 
 
 def register_packed_attention() -> str:
@@ -97,16 +136,16 @@ def fit_length(dataset: Any, max_length: int, overlong: str) -> tuple[Any, dict[
 
 class VariantSFTTrainer(SFTTrainer):
     """``SFTTrainer`` with the overlong policy on its tokenized data, LoRA weights kept in
-    ``compute_dtype`` (the base weights') and the loss computed at response positions only;
+    ``trainable_dtype`` and the loss computed at response positions only;
     ``data_report`` counts what the policy dropped or truncated."""
 
-    def __init__(self, *args: Any, max_length: int, overlong: str, compute_dtype: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_length: int, overlong: str, trainable_dtype: Any, **kwargs: Any) -> None:
         self.length_policy = (max_length, overlong)
         self.data_report: dict[str, int] = {}
         super().__init__(*args, **kwargs)
         for param in self.model.parameters():
-            if param.requires_grad and param.dtype != compute_dtype:
-                param.data = param.data.to(compute_dtype)
+            if param.requires_grad and param.dtype != trainable_dtype:
+                param.data = param.data.to(trainable_dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Cross-entropy of the response tokens, logits computed at their positions only."""
