@@ -94,9 +94,11 @@ def lengths_tokenizer() -> tuple[Any, str, bool]:
 
     base = llama2_conf()["base_model"]
     template = (ROOT / base["chat_template"]).read_text()
+    # the revision the pipeline loads: base_model.revision, else the name's pinned revision
+    revision = base.get("revision") or (base.get("pinned_revisions") or {}).get(base["name"])
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base["name"], revision=base.get("revision"), local_files_only=True)
-        name, is_llama2 = f"{base['name']}@{base.get('revision')}", True
+        tokenizer = AutoTokenizer.from_pretrained(base["name"], revision=revision, local_files_only=True)
+        name, is_llama2 = f"{base['name']}@{revision}", True
     except OSError:
         tokenizer = models.load_tokenizer(model_ref())
         name, is_llama2 = f"{models.EMBEDDED_GGUF} (stand-in: no Llama-2 tokenizer in the local Hub cache)", False
