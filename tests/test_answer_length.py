@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mift_kedro.pipelines.data_engineering.nodes import template_sentiment
+from mift_kedro.pipelines.data_engineering.nodes import classification_pool
+from mift_kedro.pipelines.data_engineering.params import SourceSpec
 from mift_kedro.pipelines.reporting import nodes
 from mift_kedro.pipelines.reporting import report as R
 from tests.conftest import PROJECT_ROOT
@@ -17,21 +18,22 @@ TWEETS = pd.DataFrame({"text": ["what a day", "so sad"], "feeling": [1, 0]})
 
 
 def test_template_system_prompt_opens_every_prompt():
-    template = {"instruction": "Classify.", "labels": {0: "negative", 1: "positive"}, "system": "One word."}
-    frame = template_sentiment(TWEETS, template)
+    spec = {"kind": "classification", "files": {"test": "t.jsonl"}, "fields": {"text": "text", "label": "feeling"},
+            "labels": {0: "negative", 1: "positive"}, "template": "Classify.\n\n{text}", "system": "One word."}
+    frame = classification_pool(TWEETS, SourceSpec(**spec), "sentiment", "test")
     assert frame["prompt"].iloc[0] == [
         {"role": "system", "content": "One word."}, {"role": "user", "content": "Classify.\n\nwhat a day"},
     ]
-    without = template_sentiment(TWEETS, {k: v for k, v in template.items() if k != "system"})
+    without = classification_pool(TWEETS, SourceSpec(**{k: v for k, v in spec.items() if k != "system"}), "sentiment", "test")
     assert without["prompt"].iloc[1] == [{"role": "user", "content": "Classify.\n\nso sad"}]
 
 
 def test_llama2_asks_for_one_word_in_a_system_prompt():
     conf = yaml.safe_load((PROJECT_ROOT / "conf/llama2/parameters_data_engineering.yml").read_text())
-    sentiment = conf["templates"]["sentiment"]
-    assert "one word" in sentiment["system"] and "one word" in sentiment["instruction"]
+    sentiment = conf["sources"]["sentiment"]
+    assert "one word" in sentiment["system"].lower() and "one word" in sentiment["template"].lower()
     base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_data_engineering.yml").read_text())
-    assert sentiment["labels"] == base["templates"]["sentiment"]["labels"]  # the same answers
+    assert sentiment["labels"] == base["sources"]["sentiment"]["labels"]  # the same answers
 
 
 def test_answer_length_per_model_and_set_is_reported_without_a_test(monkeypatch):
@@ -49,7 +51,9 @@ def test_answer_length_per_model_and_set_is_reported_without_a_test(monkeypatch)
     )
     params = {"max_new_tokens": {"sentiment": 4, "out_of_sample": 4, "alpaca": 4},
               "bootstrap": {"resamples": 50, "confidence": 0.95}}
-    scores = nodes.score_predictions(params, {"labels": {0: "negative", 1: "positive"}}, predictions)
+    sources = {"sentiment": {"kind": "classification", "files": {"test": "t.jsonl"},
+                             "labels": {0: "negative", 1: "positive"}}}
+    scores = nodes.score_predictions(params, sources, {"sentiment": {"table": "A"}}, predictions)
     metrics = nodes.compute_metrics(scores, params, seed=0).set_index(["model", "metric"])
     assert metrics.loc[("base", "answer_words"), "value"] == 8
     variant = metrics.loc[("custom_only", "answer_words")]
