@@ -19,7 +19,7 @@ from mift_kedro.datasets import read_jsonl
 from mift_kedro.hooks import MissingInputsError
 from tests import processes
 from tests.conftest import PROJECT_ROOT
-from tests.test_training import sentiment_rows, tiny_model_dir  # noqa: F401
+from tests.pipelines.training.test_training import sentiment_rows, tiny_model_dir  # noqa: F401
 
 HINT = "(The traceback: run again with MIFT_TRACEBACK=1.)"
 

@@ -37,9 +37,9 @@ NOT_RUN = {
     r"--env llama2|bench_gpu\.py --out": "needs GPUs and the Hub (rehearsed on the CPU by tests/test_llama2_rehearsal.py)",
     r"^python benchmarks/bench_gpu\.py --tiny": "run by tests/test_bench_gpu.py",
     r"^accelerate launch .* --num_processes 2 +-m mift_kedro --pipelines training$":
-        "two processes: tests/test_training_accelerate.py",
+        "two processes: tests/pipelines/training/test_training_accelerate.py",
     r"^kedro run --env (sweep|seeds)": "trains five or six models: the environments' pipelines are tested by "
-                                       "tests/test_sweep.py and tests/test_seeds.py",
+                                       "tests/pipelines/reporting/test_sweep.py and tests/pipelines/reporting/test_seeds.py",
 }
 #: Servers: the command, the path that answers once it is up, and the options that pick a port.
 SERVERS = {

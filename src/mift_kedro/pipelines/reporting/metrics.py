@@ -377,7 +377,7 @@ def bertscore_scorer(
     RoBERTa- and GPT-2-type tokenizers are reloaded with ``add_prefix_space=True``: bert-score
     0.3.13 passes that keyword to ``tokenizer.encode``, which transformers 5 ignores, so the
     first word would lose its leading-space token (``"The"`` instead of ``"ĠThe"``) and
-    scores would drift from standard BERTScore (tests/test_reporting_bertscore.py).
+    scores would drift from standard BERTScore (tests/pipelines/reporting/test_reporting_bertscore.py).
     """
     from bert_score import BERTScorer
     from bert_score.utils import model2layers

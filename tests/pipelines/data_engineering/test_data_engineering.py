@@ -231,7 +231,7 @@ def test_bad_mix_parameters_are_named(mix, message):
 def test_project_parameters_validate_and_errors_name_the_key():
     from kedro.config import OmegaConfigLoader
 
-    params = OmegaConfigLoader(str(Path(__file__).parents[1] / "conf"), base_env="base", default_run_env="local")["parameters"]
+    params = OmegaConfigLoader(str(Path(__file__).parents[3] / "conf"), base_env="base", default_run_env="local")["parameters"]
     validate_parameters(params)
     params["variants"]["custom_only"]["mix"] = {"sentiment": 2.0}
     with pytest.raises(ParameterError, match=r"variants\.custom_only\.mix"):
@@ -265,7 +265,7 @@ def test_eval_sets(sentiment_pool, alpaca_pool):
 
 
 def test_out_of_sample_instructions_cover_ten_task_types():
-    raw = pd.read_json(Path(__file__).parents[1] / "data/01_raw/out_of_sample_instructions.jsonl", lines=True, dtype=False)
+    raw = pd.read_json(Path(__file__).parents[3] / "data/01_raw/out_of_sample_instructions.jsonl", lines=True, dtype=False)
     spec = {"kind": "instruction", "files": {"test": "x.jsonl"}, "fields": {"id": "id", "group": "task_type"}}
     pool = nodes.instruction_pool(raw, source_spec(spec), "out_of_sample")
     evaluation = nodes.build_eval_set(pool, {"size": None}, spec, 0, "out_of_sample")

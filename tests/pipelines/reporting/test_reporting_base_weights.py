@@ -16,7 +16,7 @@ from mift_kedro.config import ParameterError
 from mift_kedro.datasets import AdapterDataset
 from mift_kedro.pipelines.reporting import nodes
 from tests.conftest import tiny_llama
-from tests.test_reporting import EVAL_SETS, SOURCES
+from tests.pipelines.reporting.test_reporting import EVAL_SETS, SOURCES
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 

@@ -24,7 +24,7 @@ from mift_kedro.datasets import AdapterDataset
 from mift_kedro.pipelines.training import nodes
 from tests import processes
 from tests.conftest import PROJECT_ROOT
-from tests.test_training import sentiment_rows, tiny_model_dir  # noqa: F401  (fixture)
+from tests.pipelines.training.test_training import sentiment_rows, tiny_model_dir  # noqa: F401  (fixture)
 
 VERSION = "2026-01-01T00.00.00.000Z"
 #: 16 examples, 8 per optimizer step: 2 steps, in micro-batches of 2 (2 accumulation steps on
