@@ -15,7 +15,7 @@ import pytest
 from kedro.io import DatasetError
 
 from mift_kedro import hub
-from mift_kedro.datasets import HubOrLocalDataset
+from mift_kedro.datasets import HubOrLocalDataset, SourceDataset
 
 TWEETS = "carblacac/twitter-sentiment-analysis"
 CONVERSION_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -119,6 +119,47 @@ def test_raw_dataset_without_conversion_names_mift_data_dir(monkeypatch, empty_d
     tweets = HubOrLocalDataset(hub_id=TWEETS, hub_split="test", local_path="t.jsonl", columns=["text", "feeling"])
     with pytest.raises(DatasetError, match="no parquet conversion.*MIFT_DATA_DIR"):
         tweets.load()
+
+
+TWEETS_SOURCE = {
+    "kind": "classification",
+    "hub": {"id": TWEETS, "splits": {"train": "train", "test": "test"}},
+    "fields": {"text": "text", "label": "feeling"},
+    "labels": {0: "negative", 1: "positive"},
+}
+
+
+def test_source_dataset_loads_the_conversion_of_a_script_only_repo(monkeypatch, empty_datasets_cache, caplog):
+    """A configured source asks hub.resolve_dataset_source first and loads only the conversion."""
+    import datasets
+
+    fake_hub(monkeypatch, {None: SCRIPT_ONLY}, conversion=True)
+    asked: list[tuple] = []
+
+    def load_dataset(path, name=None, split=None, revision=None, data_files=None):  # datasets >= 4
+        asked.append((split, revision))
+        if revision != hub.PARQUET_CONVERSION:
+            raise RuntimeError("Dataset scripts are no longer supported, but found twitter-sentiment-analysis.py")
+        return datasets.Dataset.from_pandas(pd.DataFrame({"text": [f"{split} day"], "feeling": [1]}))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with caplog.at_level(logging.INFO, logger="mift_kedro.datasets.raw"):
+        splits = SourceDataset(source="sentiment", spec=TWEETS_SOURCE).load()
+    assert asked == [("train", hub.PARQUET_CONVERSION), ("test", hub.PARQUET_CONVERSION)]
+    assert {name: frame.to_dict("records") for name, frame in splits.items()} == {
+        "train": [{"text": "train day", "feeling": 1}],
+        "test": [{"text": "test day", "feeling": 1}],
+    }
+    assert CONVERSION_SHA in caplog.text
+
+
+def test_source_dataset_without_conversion_names_its_files_key(monkeypatch, empty_datasets_cache):
+    import datasets
+
+    fake_hub(monkeypatch, {None: SCRIPT_ONLY}, conversion=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("nothing loadable to load"))
+    with pytest.raises(DatasetError, match=r"no parquet conversion.*sources\.sentiment\.files"):
+        SourceDataset(source="sentiment", spec=TWEETS_SOURCE).load()
 
 
 def test_preflight_reports_a_script_only_repo_without_conversion(monkeypatch, empty_datasets_cache):

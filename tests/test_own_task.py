@@ -223,3 +223,13 @@ def test_bad_files_stop_before_the_first_node(task_project, files, message):
 ])
 def test_answer_parser_reads_phrases_and_synonyms_and_says_why_invalid(answer, label, reason):
     assert M.parse_answer(answer, LABELS) == (label, reason)
+
+
+def test_unknown_curve_axis_stops_before_the_first_node(task_project):
+    """`reporting.forgetting_curve_axis` names a source; a name that is none stops in one line."""
+    with pytest.raises(ParameterError) as error:
+        _run(task_project, ["data_engineering"], reporting={"forgetting_curve_axis": "dolly"})
+    (line,) = [x for x in str(error.value).splitlines() if "forgetting_curve_axis" in x]
+    assert "reporting.forgetting_curve_axis: 'dolly' is not a configured source" in line
+    assert "['topics', 'chats', 'alpaca']" in line
+    assert not (task_project / "data" / "03_primary").exists()  # no node ran

@@ -159,3 +159,37 @@ def test_before_pipeline_run_hooks_run_in_the_order_the_checks_need():
     order = ["ParameterValidationHooks", "PipelineInputsHooks", "HubPreflightHooks", "RunParametersHooks",
              "TrackingHooks"]
     assert [name for name in called if name in order] == order
+
+
+@pytest.mark.parametrize(("reporting", "expected"), [
+    ({}, {"alpaca_fraction": "0.25"}),
+    ({"forgetting_curve_axis": "sentiment"}, {"sentiment_fraction": "0.75"}),
+])
+def test_a_variants_run_logs_its_fraction_of_the_curves_axis_source(monkeypatch, reporting, expected):
+    """Each variant's nested run carries its share of `reporting.forgetting_curve_axis`."""
+    from types import SimpleNamespace
+
+    logged: list[dict] = []
+
+    class FakeClient:
+        def get_run(self, run_id):
+            return SimpleNamespace(info=SimpleNamespace(experiment_id="0"))
+
+        def create_run(self, experiment_id, run_name=None, tags=None):
+            return SimpleNamespace(info=SimpleNamespace(run_id="child"))
+
+        def set_tag(self, *args):
+            pass
+
+    monkeypatch.setattr(mlflow, "MlflowClient", FakeClient)
+    monkeypatch.setattr(tracking, "_log_batch", lambda run_id, params=None, **kw: logged.append(params))
+    hook = tracking.TrackingHooks()
+    hook.run_id = "parent"
+    hook._parameters = {
+        "seed": 42,
+        "variants": {"mixed": {"display_name": "FT-Mixed", "budget": 8, "mix": {"sentiment": 0.75, "alpaca": 0.25}}},
+        "reporting": reporting,
+    }
+    hook._child("mixed", "FT-Mixed")
+    (params,) = logged
+    assert {p.key: p.value for p in params if p.key.endswith("_fraction")} == expected

@@ -16,6 +16,7 @@ from mift_kedro.pipelines.data_engineering.params import DataEngineeringParams
 from mift_kedro.pipelines.reporting.params import (
     ReferenceStudyBlock,
     ReportingParams,
+    check_curve_axis,
     check_eval_sets,
 )
 from mift_kedro.pipelines.training.params import BaseModelParams, TrainingParams
@@ -52,6 +53,7 @@ def validate_parameters(params: dict[str, Any]) -> DataEngineeringParams:
     if data_engineering is not None and "reporting" in params:
         try:
             check_eval_sets(params["reporting"], params["eval_sets"])
+            check_curve_axis(params["reporting"], params.get("sources") or {})
         except ParameterError as exc:
             problems.append(f"Invalid parameters: {exc}")
     for block, model in BLOCKS.items():

@@ -220,7 +220,8 @@ class TrackingHooks(MlflowHook):
             if trained:  # what the variant is: its budget and mix (its training.* come with its record)
                 spec = self._parameters.get("variants", {}).get(trained.variant) or {}
                 setup = {k: v for k, v in spec.items() if k != "training"}
-                setup["alpaca_fraction"] = (spec.get("mix") or {}).get("alpaca", 0.0)
+                axis = (self._parameters.get("reporting") or {}).get("forgetting_curve_axis") or "alpaca"
+                setup[f"{axis}_fraction"] = (spec.get("mix") or {}).get(axis, 0.0)
                 setup.update(variant=trained.variant, training_seed=trained.seed)
                 client.set_tag(run.info.run_id, "mift.variant", trained.variant)
             else:

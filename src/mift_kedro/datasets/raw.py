@@ -166,10 +166,6 @@ READERS = {
     ".tsv": lambda path: pd.read_csv(path, sep="\t", keep_default_na=False),
     ".parquet": pd.read_parquet,
 }
-#: The Hub's Parquet conversion of a dataset repository (what a script-only repository falls back to).
-PARQUET_REVISION = "refs/convert/parquet"
-#: Text of the Hub's error for a repository that only has a loading script.
-SCRIPT_ONLY_MARKERS = ("dataset scripts are no longer supported", "trust_remote_code", "loading script")
 
 
 def _source_spec(name: str) -> dict[str, Any]:
@@ -189,8 +185,9 @@ class SourceDataset(HubOrLocalDataset):
     ``splits``: split -> Hub split) unless ``MIFT_DATA_DIR`` is set; otherwise it reads its
     ``files`` (split -> JSONL, CSV, TSV or Parquet file). A relative file path is looked up in
     ``MIFT_DATA_DIR`` first, then in the project directory. A declared ``holdout`` split missing
-    from the data is carved, seeded, out of another split. A Hub repository that only has a
-    loading script is read from its Parquet conversion (``refs/convert/parquet``).
+    from the data is carved, seeded, out of another split. The Hub revision to load comes from
+    :func:`mift_kedro.hub.resolve_dataset_source`: a repository that only has a loading script
+    is read from the Hub's Parquet conversion (``refs/convert/parquet``).
     """
 
     def __init__(  # noqa: PLR0913
@@ -295,37 +292,33 @@ class SourceDataset(HubOrLocalDataset):
 
     def _load_hub(self) -> dict[str, pd.DataFrame]:
         self._check_hub_reachable()
-        spec = self._spec.hub
-        try:
-            loaded = self._hub_splits(spec.revision)
-        except Exception as exc:  # the Hub's errors vary; name the offline way out
-            if not any(marker in str(exc) for marker in SCRIPT_ONLY_MARKERS):
-                raise DatasetError(
-                    f"Could not load {spec.id} from the Hub: {exc}. To work offline give "
-                    f"`sources.{self._name}.files` and set {DATA_DIR_ENV}=<dir>."
-                ) from exc
-            logger.warning("%s has only a loading script: reading its Parquet conversion", spec.id)
-            try:
-                loaded = self._hub_splits(PARQUET_REVISION)
-            except Exception as retry:
-                raise DatasetError(
-                    f"{spec.id} has only a loading script and no Parquet conversion on the Hub ({retry}); "
-                    f"download its data files and give them as `sources.{self._name}.files`"
-                ) from retry
-        logger.info("Loaded %s from the Hub: %s at revision %s",
-                    {s: len(f) for s, f in loaded.items()}, spec.id, spec.revision or "main (not pinned)")
-        return loaded
-
-    def _hub_splits(self, revision: str | None) -> dict[str, pd.DataFrame]:
         import datasets
 
         spec = self._spec.hub
-        return {
-            split: datasets.load_dataset(
-                spec.id, spec.config, split=hub_split, revision=revision, data_files=spec.data_files
-            ).to_pandas()
-            for split, hub_split in spec.splits.items()
-        }
+        fix = (
+            f"download its data files and give them as `sources.{self._name}.files` "
+            f"(with {DATA_DIR_ENV}=<dir> set, they are used instead of the Hub)"
+        )
+        try:
+            revision, reason = hub.resolve_dataset_source(spec.id, spec.revision, self._timeout, fix=fix)
+        except hub.DatasetSourceError as exc:
+            raise DatasetError(str(exc)) from None
+        logger.info("Loading %s", reason)
+        try:
+            loaded = {
+                split: datasets.load_dataset(
+                    spec.id, spec.config, split=hub_split, revision=revision, data_files=spec.data_files
+                ).to_pandas()
+                for split, hub_split in spec.splits.items()
+            }
+        except Exception as exc:  # the Hub's errors vary; name the offline way out
+            raise DatasetError(
+                f"Could not load {spec.id} from the Hub: {exc}. To work offline give "
+                f"`sources.{self._name}.files` and set {DATA_DIR_ENV}=<dir>."
+            ) from exc
+        logger.info("Loaded %s from the Hub: %s at revision %s",
+                    {s: len(f) for s, f in loaded.items()}, spec.id, revision or "main (not pinned)")
+        return loaded
 
 
 def check_source_data(params: dict[str, Any]) -> None:

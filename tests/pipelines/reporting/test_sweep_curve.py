@@ -90,3 +90,38 @@ def test_curve_datasets_are_versioned_and_previewable_in_viz(kedro_project):
     table = catalog.get("forgetting_curve").preview(nrows=20)
     assert table["columns"][:3] == ["eval_set", "metric", "model"] and len(table["data"]) == 15
     assert len(catalog.get("plot_forgetting_curve").preview()) > 1000  # a base64 PNG
+
+
+def test_another_source_as_the_axis():
+    """`reporting.forgetting_curve_axis: sentiment`: the column, table and plot name that source."""
+    curve = forgetting_curve(_metrics(), VARIANTS, [("sentiment", "accuracy")], axis="sentiment")
+    assert "sentiment_fraction" in curve.columns and "alpaca_fraction" not in curve.columns
+    # drawn by the sentiment share: the all-Alpaca variant first
+    assert curve["sentiment_fraction"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert curve["model"].tolist() == list(reversed(BY_FRACTION))
+    table = forgetting_curve_markdown(curve)
+    assert table.startswith("| Sentiment fraction | model | sentiment accuracy |")
+    assert "| 0.00 | FT-100% | 0.750 [0.650, 0.850]" in table
+    figure = plot_forgetting_curve(curve)
+    assert figure.axes[0].get_xlabel() == "Sentiment fraction of the training budget"
+
+
+def test_default_axis_keeps_the_alpaca_column_and_labels():
+    curve = forgetting_curve(_metrics(), VARIANTS, [("sentiment", "accuracy")])
+    assert curve.columns[4] == "alpaca_fraction"
+    assert forgetting_curve_markdown(curve).startswith("| Alpaca fraction | model |")
+    assert plot_forgetting_curve(curve).axes[0].get_xlabel() == "Alpaca fraction of the training budget"
+
+
+def test_unknown_axis_source_stops_naming_the_key_and_the_sources():
+    from mift_kedro.config import ParameterError
+    from mift_kedro.pipelines.reporting.params import check_curve_axis
+
+    sources = {"sentiment": {}, "alpaca": {}}
+    check_curve_axis({"forgetting_curve_axis": "sentiment"}, sources)
+    check_curve_axis({}, sources)  # the default: alpaca
+    with pytest.raises(ParameterError) as err:
+        check_curve_axis({"forgetting_curve_axis": "dolly"}, sources)
+    assert str(err.value) == (
+        "reporting.forgetting_curve_axis: 'dolly' is not a configured source (`sources`: ['sentiment', 'alpaca'])"
+    )

@@ -587,12 +587,15 @@ def build_forgetting_curve(
     """The forgetting curve over the declared variants (every training seed a point), with each
     variant's spread over seeds when there are several: table (CSV and Markdown) and plot.
     Every benchmark's accuracy is a curve of its own, after the configured metrics."""
-    pairs = reporting_params(reporting).forgetting_curve_metrics
+    settings = reporting_params(reporting)
+    pairs = settings.forgetting_curve_metrics
     chosen = [(p.eval_set, p.metric) for p in pairs] if pairs else curve_metrics(metrics)
     if benchmark_metrics is not None and not benchmark_metrics.empty:
         chosen += [(task, "acc") for task in dict.fromkeys(benchmark_metrics["eval_set"])]
     models = trained_models(variants, training_seeds)
-    curve = S.forgetting_curve(_with_benchmarks(metrics, benchmark_metrics), variants, chosen, models=models)
+    curve = S.forgetting_curve(
+        _with_benchmarks(metrics, benchmark_metrics), variants, chosen, models=models, axis=settings.forgetting_curve_axis
+    )
     return (
         curve,
         S.forgetting_curve_markdown(curve, seed_summary),

@@ -110,6 +110,10 @@ class ReportingParams(StrictModel):
     forgetting_curve_metrics: list[CurveMetric] | None = Field(
         default=None, description="(eval_set, metric) pairs of the forgetting curve; None: the default six"
     )
+    forgetting_curve_axis: str = Field(
+        default="alpaca", min_length=1,
+        description="the source (`sources`) whose fraction of each variant's mix is the curve's x axis",
+    )
 
 
 
@@ -140,6 +144,15 @@ def check_eval_sets(reporting: dict[str, Any], eval_sets: dict[str, Any]) -> Non
     if bad:
         raise ParameterError(
             f"reporting.forgetting_curve_metrics: evaluation set(s) {bad} are not in `eval_sets` {list(eval_sets)}"
+        )
+
+
+def check_curve_axis(reporting: dict[str, Any], sources: dict[str, Any]) -> None:
+    """The forgetting curve's axis names a configured source."""
+    axis = (reporting or {}).get("forgetting_curve_axis", "alpaca")
+    if axis not in (sources or {}):
+        raise ParameterError(
+            f"reporting.forgetting_curve_axis: {axis!r} is not a configured source (`sources`: {list(sources or {})})"
         )
 
 

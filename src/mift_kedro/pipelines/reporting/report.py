@@ -14,7 +14,12 @@ import pandas as pd
 
 from mift_kedro.pipelines.reporting import seeds, stats
 from mift_kedro.pipelines.reporting.params import EVALUATE_METRICS, ReferenceStudy
-from mift_kedro.pipelines.reporting.sweep import curve_note, curve_table, plot_forgetting_curve
+from mift_kedro.pipelines.reporting.sweep import (
+    axis_source,
+    curve_note,
+    curve_table,
+    plot_forgetting_curve,
+)
 
 #: The study's tables: (A) sentiment, (B) out-of-sample instructions, (C) Alpaca.
 TABLES = {"sentiment": "A", "out_of_sample": "B", "alpaca": "C"}
@@ -576,7 +581,7 @@ def render_report(
         header, rows = curve_table(curve, summary)
         parts += [
             "<h2 id='forgetting_curve'>Forgetting curve</h2>",
-            "<p>Each variant at the share of Alpaca examples in its training budget; cells: value "
+            f"<p>Each variant at the share of {html.escape(axis_source(curve))} examples in its training budget; cells: value "
             "[95% CI] (p, Holm-adjusted p vs base). The first row (and the dashed line) is the base model.</p>",
             _html_table(header, rows, numeric_from=2),
             f"<p class='note'>{html.escape(curve_note(curve, summary))}</p>",
