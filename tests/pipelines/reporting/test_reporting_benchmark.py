@@ -136,6 +136,8 @@ def test_bad_benchmark_settings_name_the_parameter(tmp_path, tasks, num_fewshot,
 
 
 def test_a_bad_benchmark_stops_the_run_before_the_first_node(tmp_path, monkeypatch):
+    import os
+
     from kedro.config import OmegaConfigLoader
     from kedro.io import DataCatalog, MemoryDataset
 
@@ -143,7 +145,10 @@ def test_a_bad_benchmark_stops_the_run_before_the_first_node(tmp_path, monkeypat
     from mift_kedro.pipelines import reporting
     from tests.conftest import PROJECT_ROOT
 
-    monkeypatch.setenv("MIFT_DATA_DIR", str(tmp_path))  # no arc_easy/test.jsonl there
+    shared = Path(os.environ["MIFT_DATA_DIR"])
+    for source in ("twitter_sentiment", "alpaca"):  # the sources' files, but no arc_easy/
+        (tmp_path / source).symlink_to(shared / source)
+    monkeypatch.setenv("MIFT_DATA_DIR", str(tmp_path))
     params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")["parameters"]
     catalog = DataCatalog({"run_parameters": MemoryDataset()})
     catalog["parameters"] = params

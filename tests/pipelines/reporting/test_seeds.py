@@ -16,7 +16,13 @@ from mift_kedro.config import ParameterError, trained_models, training_seeds
 from mift_kedro.parameters import validate_parameters
 from mift_kedro.pipelines import training
 from mift_kedro.pipelines.reporting import nodes, report, seeds, sweep
-from tests.pipelines.training.test_training import VARIANT, lora_state, sentiment_rows, tiny_model_dir, tiny_training  # noqa: F401
+from tests.pipelines.training.test_training import (  # noqa: F401
+    VARIANT,
+    lora_state,
+    sentiment_rows,
+    tiny_model_dir,
+    tiny_training,
+)
 
 SEEDS = [42, 43, 44]
 DEFAULT_VARIANTS = {"custom_only", "both_instructions"}

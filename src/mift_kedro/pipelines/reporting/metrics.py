@@ -318,6 +318,11 @@ def bootstrap_ci(metric: Metric, weights: np.ndarray, confidence: float = 0.95) 
     if weights.shape[1] == 0:
         return Estimate(value, math.nan, math.nan)
     dist = bootstrap_distribution(metric, weights)
+    # a ratio (one class's recall) is undefined in a resample without that class: such
+    # resamples are left out, as in a bootstrap conditional on the class being present
+    dist = dist[~np.isnan(dist)]
+    if dist.size == 0:
+        return Estimate(value, math.nan, math.nan)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(dist, [alpha, 1.0 - alpha])
     return Estimate(value, float(low), float(high))
@@ -345,6 +350,9 @@ def paired_bootstrap(
     if weights.shape[1] == 0:
         return PairedTest(delta, math.nan, math.nan, math.nan)
     deltas = bootstrap_distribution(candidate, weights) - bootstrap_distribution(baseline, weights)
+    deltas = deltas[~np.isnan(deltas)]  # resamples where a ratio is undefined (see bootstrap_ci)
+    if deltas.size == 0 or math.isnan(delta):
+        return PairedTest(delta, math.nan, math.nan, math.nan)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(deltas, [alpha, 1.0 - alpha])
     extreme = np.sum(np.abs(deltas - delta) >= abs(delta) - 1e-12)
