@@ -57,7 +57,11 @@ def _scores(predictions: pd.DataFrame, bertscore_dir: str) -> pd.DataFrame:
     from mift_kedro.pipelines.reporting import nodes
 
     params = {**PARAMS, "bertscore": {"model_type": bertscore_dir, "num_layers": 2}}
-    return nodes.score_predictions(params, {"labels": {0: "negative", 1: "positive"}}, predictions)
+    sources = {"sentiment": {"kind": "classification", "files": {"test": "t.jsonl"},
+                             "labels": {0: "negative", 1: "positive"}},
+               "alpaca": {"kind": "instruction", "files": {"test": "a.jsonl"}}}
+    eval_sets = {"sentiment": {"table": "A"}, "alpaca": {"table": "C"}}
+    return nodes.score_predictions(params, sources, eval_sets, predictions)
 
 
 def _rank(rank: int, port: int, tokenizer_dir: str, out: str, bertscore_dir: str) -> None:
