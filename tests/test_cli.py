@@ -51,8 +51,8 @@ def test_offline_without_local_data_is_one_message_and_saves_nothing(kedro_proje
     assert status == 1 and not any("Traceback" in line for line in lines)
     assert error[0].startswith("Error: 2 thing(s) this run needs from the Hugging Face Hub")
     assert [line.split(":")[0] for line in error[1:3]] == [
-        "  - raw dataset tatsu-lab/alpaca [alpaca_raw_test, alpaca_raw_train]",
-        "  - raw dataset carblacac/twitter-sentiment-analysis [tweets_raw_test, tweets_raw_train, tweets_raw_validation]",
+        "  - raw dataset tatsu-lab/alpaca [alpaca_raw]",
+        "  - raw dataset carblacac/twitter-sentiment-analysis [sentiment_raw]",
     ]
     assert error[3:] == [HINT]  # 4 lines in all
     assert not (kedro_project / "data" / "08_reporting").exists()  # no run_parameters of a run that never ran

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 #: The pages whose commands are run, in reading order (the README first, then docs/index.md's).
 PAGES = ["README.md", "docs/data_and_configuration.md", "docs/training.md", "docs/evaluation.md",
          "docs/results.md", "docs/sweep_and_seeds.md", "docs/gpus_and_llama2.md", "docs/benchmarks.md",
-         "docs/tests.md"]
+         "docs/tests.md", "docs/own_task.md", "docs/models.md"]
 BLOCK = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 #: Commands not run here, by a pattern of the command, with the reason.
@@ -38,6 +38,9 @@ NOT_RUN = {
     r"^python benchmarks/bench_gpu\.py --tiny": "run by tests/test_bench_gpu.py",
     r"^accelerate launch .* --num_processes 2 +-m mift_kedro --pipelines training$":
         "two processes: tests/pipelines/training/test_training_accelerate.py",
+    r"^kedro run --env questions": "the worked example's environment and files are the reader's own: the same "
+                                   "configuration path is run by tests/test_own_task.py",
+    r"HfApi\(\)\.dataset_info": "asks the Hugging Face Hub (offline here; tests/test_hub_datasets.py fakes it)",
     r"^kedro run --env (sweep|seeds)": "trains five or six models: the environments' pipelines are tested by "
                                        "tests/pipelines/reporting/test_sweep.py and tests/pipelines/reporting/test_seeds.py",
 }

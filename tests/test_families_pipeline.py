@@ -29,14 +29,16 @@ def _parameters(model_dir: Path, bertscore_dir: Path) -> dict:
 
     params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")["parameters"]
     params["base_model"] = {"source": "local", "name": str(model_dir)}
-    params["templates"]["sentiment"]["system"] = SYSTEM
+    params["sources"]["sentiment"]["system"] = SYSTEM
     for spec in params["variants"].values():
         spec["budget"] = 4
-    params["eval_sets"] = {"sentiment": {"size": 4}, "out_of_sample": {"size": None}, "alpaca": {"size": 2}}
+    for name, size in (("sentiment", 4), ("out_of_sample", None), ("alpaca", 2)):
+        params["eval_sets"][name]["size"] = size
     params["training"].update({"quantization": "4bit", "max_steps": 1, "effective_batch_size": 4, "batch_size": 4,
                                "save_steps": 100})
     params["reporting"].update({"limit": 2, "max_new_tokens": {"sentiment": 3, "out_of_sample": 4, "alpaca": 4}})
     params["reporting"]["bootstrap"]["resamples"] = 20
+    params["reporting"]["benchmarks"]["limit"] = 2
     params["reporting"]["bertscore"].update({"model_type": str(bertscore_dir), "num_layers": 2})
     return params
 
