@@ -54,7 +54,7 @@ def test_fp16_compute_keeps_trained_lora_weights_in_fp32(monkeypatch, llama2_sp_
 
     llama2_sp_tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
     llama2_sp_tokenizer.pad_token = llama2_sp_tokenizer.eos_token
-    params = training_params({"max_steps": 1, "effective_batch_size": 2, "batch_size": 2, "lora": {"r": 2}})
+    params = training_params({"quantization": "none", "max_steps": 1, "effective_batch_size": 2, "batch_size": 2, "lora": {"r": 2}})
     model = nodes.add_lora(tiny_llama(llama2_sp_tokenizer, 16), params, seed=0, gradient_checkpointing=False)
     for name, param in model.named_parameters():  # as TRL leaves a QLoRA adapter
         if param.requires_grad:
@@ -84,7 +84,7 @@ def test_a_variant_loads_its_model_after_the_previous_ones_memory_is_freed(monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("empty_cache"))
     monkeypatch.setattr(models, "load_causal_lm", lambda *args, **kwargs: events.append("load") or tiny_llama(llama2_sp_tokenizer, 16))
-    params = training_params({"lora": {"r": 2}})
+    params = training_params({"quantization": "none", "lora": {"r": 2}})
     setup = nodes.Setup(None, nodes.batch_plan(params, 1), "cpu", False, None)
     nodes.model_with_adapter(str(tmp_path), params, 0, setup)
     assert events[:3] == ["gc", "empty_cache", "load"]

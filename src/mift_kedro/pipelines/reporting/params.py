@@ -71,9 +71,10 @@ class BenchmarksParams(StrictModel):
     """Standard multiple-choice benchmarks scored by log-likelihood (:mod:`.benchmark`)."""
 
     tasks: dict[str, BenchmarkTask | None] = Field(
-        default_factory=dict, description="lm-eval task (or group) name -> its data; empty: no benchmark"
+        default_factory=lambda: {"arc_easy": BenchmarkTask(local_dir="arc_easy")},
+        description="lm-eval task (or group) name -> its data; empty: no benchmark",
     )
-    limit: PositiveInt | None = Field(default=None, description="first N questions per task; null: all")
+    limit: PositiveInt | None = Field(default=100, description="first N questions per task; null: all")
     apply_chat_template: bool = Field(
         default=False, description="false: plain prompts, as lm-eval scores base models"
     )

@@ -112,14 +112,16 @@ class BaseModelParams(config.StrictModel):
 class LoraParams(config.StrictModel):
     r: PositiveInt = 16
     alpha: PositiveFloat = 32
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class TrainingParams(config.StrictModel):
     """How one variant is fine-tuned (QLoRA when ``quantization: 4bit``)."""
 
-    quantization: Literal["none", "4bit"] = "none"
+    quantization: Literal["none", "4bit"] = Field(
+        default="4bit", description="4bit: QLoRA (NF4 base weights through bitsandbytes, CPU or GPU); none: LoRA on the base as loaded"
+    )
     lora: LoraParams = Field(default_factory=LoraParams)
     epochs: PositiveFloat = 1.0
     max_steps: PositiveInt | None = Field(default=None, description="overrides epochs when set")
@@ -133,7 +135,7 @@ class TrainingParams(config.StrictModel):
         description="sequences per process per forward pass, at most (the largest divisor of "
         "effective_batch_size / processes not above it is used)",
     )
-    learning_rate: PositiveFloat = 2e-4
+    learning_rate: PositiveFloat = 3e-4
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
     weight_decay: NonNegativeFloat = 0.0
@@ -143,7 +145,7 @@ class TrainingParams(config.StrictModel):
     gradient_checkpointing: Literal["auto"] | bool = Field(
         default="auto", description="auto: on for GPUs (memory), off on CPU (speed)"
     )
-    save_steps: PositiveInt = Field(default=10, description="checkpoint every this many steps")
+    save_steps: PositiveInt = Field(default=8, description="checkpoint every this many steps")
     checkpoint_dir: str = "data/06_models/checkpoints"
     retrain: bool = Field(
         default=False,
