@@ -123,6 +123,7 @@ def test_any_multiple_choice_task_takes_local_ai2_arc_files(tmp_path):
         ({"arc_easy": {"local_dir": "nowhere"}}, 0, r"^reporting\.benchmarks\.tasks\.arc_easy\.local_dir: no file .*nowhere/test\.jsonl"),
         ({"arc_easy": {"local_dir": "mini", "split": "validation"}}, 0, r"^reporting\.benchmarks\.tasks\.arc_easy\.local_dir: no file .*mini/validation\.jsonl"),
         ({"mmlu": {"local_dir": "mini"}}, 0, r"^reporting\.benchmarks\.tasks\.mmlu\.local_dir: 'mmlu' is an lm-eval group"),
+        ({"ai2_arc": {"local_dir": "mini"}}, 0, r"^reporting\.benchmarks\.tasks\.ai2_arc\.local_dir: 'ai2_arc' is an lm-eval tag"),
         ({"gsm8k": {"local_dir": "mini"}}, 0, r"^reporting\.benchmarks\.tasks\.gsm8k: 'gsm8k' is a generate_until task"),
         ({"arc_easy": {"local_dir": "mini"}}, 5, r"^reporting\.benchmarks\.num_fewshot=5 needs examples"),
     ],
@@ -133,6 +134,20 @@ def test_bad_benchmark_settings_name_the_parameter(tmp_path, tasks, num_fewshot,
     with pytest.raises(ParameterError, match=message) as error:
         B.task_specs(cfg, tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_the_hub_preflight_follows_tags_and_groups_down_to_their_datasets(tmp_path):
+    """What the preflight asks the Hub for: the datasets of a tag's and a group's tasks, and
+    nothing for a task scored from local files."""
+    _write_task(tmp_path / "mini")
+    cfg = BenchmarksParams.model_validate({"tasks": {
+        "ai2_arc": None, "mmlu": None, "hellaswag": None, "arc_easy": {"local_dir": "mini"},
+    }})
+    assert B.hub_datasets(cfg, tmp_path) == {
+        "ai2_arc": {("allenai/ai2_arc", None)},
+        "mmlu": {("cais/mmlu", None)},
+        "hellaswag": {("Rowan/hellaswag", None)},
+    }
 
 
 def test_a_bad_benchmark_stops_the_run_before_the_first_node(tmp_path, monkeypatch):

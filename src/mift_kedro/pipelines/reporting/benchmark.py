@@ -104,12 +104,18 @@ def local_files(name: str, task: BenchmarkTask, root: Path | None) -> dict[str, 
     return files
 
 
+def kind_of(name: str, manager: Any) -> str:
+    """``tag``, ``group`` or ``task``: what lm-eval's public task lists say ``name`` is."""
+    if name in manager.all_tags:
+        return "tag"
+    return "group" if name in manager.all_groups else "task"
+
+
 def task_spec(name: str, task: BenchmarkTask, num_fewshot: int, manager: Any, root: Path | None) -> str | dict:
     """What lm-eval is asked to run: the stock task's name, or its config over local files
     (``dataset_path: json``, ARC's prompt, answer mapping and metrics; the stock task's
     description, delimiters and version kept). Raises :class:`ParameterError` naming the key."""
-    from lm_eval.tasks._index import Kind
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._yaml_loader import load_yaml  # no public reader resolves `include:`
 
     entry = manager.task_index.get(name)
     if entry is None:
@@ -121,9 +127,9 @@ def task_spec(name: str, task: BenchmarkTask, num_fewshot: int, manager: Any, ro
     files = local_files(name, task, root)
     if files is None:
         return name
-    if entry.kind != Kind.TASK or entry.yaml_path is None:
+    if kind_of(name, manager) != "task" or entry.yaml_path is None:
         raise ParameterError(
-            f"{_where(name, 'local_dir')}: {name!r} is an lm-eval {entry.kind.name.lower()}, not one "
+            f"{_where(name, 'local_dir')}: {name!r} is an lm-eval {kind_of(name, manager)}, not one "
             "task; local files stand for one task: name one of its tasks instead."
         )
     stock = load_yaml(entry.yaml_path, resolve_func=True)
@@ -161,8 +167,7 @@ def task_specs(cfg: BenchmarksParams, root: Path | None = None, manager: Any = N
 def hub_datasets(cfg: BenchmarksParams, root: Path | None = None, manager: Any = None) -> dict[str, set[tuple[str, str | None]]]:
     """Per task scored from the Hub, the ``(dataset_path, revision)`` its leaf tasks load
     (groups and tags followed down to their tasks), for the Hub preflight."""
-    from lm_eval.tasks._index import Kind
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._yaml_loader import load_yaml  # no public reader resolves `include:`
 
     manager = manager or task_manager()
     specs = task_specs(cfg, root, manager)
@@ -171,10 +176,11 @@ def hub_datasets(cfg: BenchmarksParams, root: Path | None = None, manager: Any =
         entry = manager.task_index.get(name)
         if entry is None or depth > 5:
             return set()
-        if entry.kind == Kind.TAG:
+        kind = kind_of(name, manager)
+        if kind == "tag":
             return set().union(*(leaves(t, depth + 1) for t in entry.tags)) if entry.tags else set()
         raw = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else (entry.cfg or {})
-        if entry.kind == Kind.GROUP:
+        if kind == "group":
             members = raw.get("task") or []
             names = [m if isinstance(m, str) else m.get("task") for m in members]
             return set().union(*(leaves(n, depth + 1) for n in names if isinstance(n, str))) if names else set()
