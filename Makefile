@@ -20,8 +20,9 @@ test:
 	$(PYTHON) -m pytest -n 2 --dist loadfile --durations=15
 
 # The inner loop: the tests not marked slow (no end-to-end run, no multi-process run, no server).
+# --dist loadfile here too: each worker builds a file's fixtures (tiny models, lm-eval's task index) once.
 test-fast:
-	$(PYTHON) -m pytest -n 2 -m "not slow" -q --durations=10
+	$(PYTHON) -m pytest -n 2 --dist loadfile -m "not slow" -q --durations=10
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
