@@ -68,7 +68,9 @@ def test_render_replaces_only_the_blocks(tmp_path):
 
 def test_render_names_what_is_missing(tmp_path):
     folder = _folder(tmp_path)
-    with pytest.raises(results.ResultsError, match="unknown results table 'table_Z'"):
+    with pytest.raises(results.ResultsError, match="unknown results table 'tabel_A'"):
+        results.render_readme("<!-- results:demo:tabel_A:start -->\n<!-- results:demo:tabel_A:end -->\n", folder.parent)
+    with pytest.raises(results.ResultsError, match=r"table_Z\.md, which the export of 'demo' does not hold"):
         results.render_readme("<!-- results:demo:table_Z:start -->\n<!-- results:demo:table_Z:end -->\n", folder.parent)
     with pytest.raises(results.ResultsError, match="export the run first"):
         results.render_readme("<!-- results:other:table_A:start -->\n<!-- results:other:table_A:end -->\n", folder.parent)
@@ -155,3 +157,45 @@ def test_a_benchmark_record_renders_its_rates_speedups_and_provenance(tmp_path):
     assert "old" not in rendered
     with pytest.raises(results.ResultsError, match="benchmark 'missing'"):
         results.render_readme(text.replace("demo_bench", "missing"), tmp_path)
+
+
+def test_a_configured_evaluation_set_exports_its_table_plot_and_confusion_matrix(tmp_path):
+    """Your own task: export follows the run's `eval_sets` (table letter, classification or
+    not), not the default A/B/C, and its table and confusion matrix render into a page."""
+    from tests.conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    version = "2026-11-28T01.00.00.000Z"
+    parameters = {
+        "seed": 42, "variants": {"custom_only": {"display_name": "FT-CustomOnly"}},
+        "sources": {"task_type": {"kind": "classification"}, "alpaca": {"kind": "instruction"}},
+        "eval_sets": {"task_type": {"size": 60, "table": "T"}, "alpaca": {"size": 10, "table": "C"}},
+    }
+    files = {
+        "08_reporting/metrics.csv": "eval_set,model,metric,value\n",
+        "08_reporting/run_parameters.json": json.dumps(parameters),
+        "08_reporting/tables/table_T.md": "## Evaluation set task_type\n\n| Metric | Base |\n|---|---:|\n| Accuracy | 0.017 |\n",
+        "08_reporting/tables/table_C.md": "## Table C\n",
+        "08_reporting/tables/confusion_task_type.md": "## Confusion matrix: task_type\n\n| true | search |\n|---|---:|\n| search | 10 |\n",
+        "08_reporting/plots/confusion_task_type.png": "png bytes",
+        "08_reporting/plots/task_type.png": "png bytes",
+    }
+    for path, text in files.items():
+        target = project / "data" / path / version / path.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True)
+        target.write_text(text)
+    dest = tmp_path / "results" / "own_task"
+    manifest = results.export(project, "latest", dest)
+    assert (dest / "table_T.md").read_text() == files["08_reporting/tables/table_T.md"]
+    assert manifest["files"]["confusion_task_type.md"]["dataset"] == "confusion_task_type_md"
+    assert manifest["files"]["plot_confusion_task_type.png"]["dataset"] == "plot_confusion_task_type"
+    assert manifest["files"]["plot_task_type.png"]["dataset"] == "plot_task_type"
+    assert "table_A_md" not in json.dumps(manifest)  # not a set of this run
+    assert "confusion_alpaca_md" not in json.dumps(manifest)  # not a classification set
+    rendered = results.render_readme(
+        "<!-- results:own_task:table_T:start -->\n<!-- results:own_task:table_T:end -->\n"
+        "<!-- results:own_task:confusion_task_type:start -->\n<!-- results:own_task:confusion_task_type:end -->\n",
+        dest.parent,
+    )
+    assert "**Evaluation set task_type**\n\n| Metric | Base |\n|---|---:|\n| Accuracy | 0.017 |" in rendered
+    assert "**Confusion matrix: task_type**" in rendered and "| search | 10 |" in rendered

@@ -88,6 +88,27 @@ def trained_models(variants: dict[str, Any], seeds: list[int] | None = None) -> 
     ]
 
 
+class EvalSetOutputs(NamedTuple):
+    """The reporting outputs one evaluation set names: its table (``table_<table>``), its plot
+    and, for a classification set, its confusion matrix."""
+
+    eval_set: str
+    table: str
+    classification: bool
+
+
+def eval_set_outputs(eval_sets: dict[str, Any], sources: dict[str, Any] | None) -> list[EvalSetOutputs]:
+    """Per configured evaluation set, in order (read, not validated: the hook validates)."""
+    return [
+        EvalSetOutputs(
+            name,
+            (spec or {}).get("table") or name,
+            ((sources or {}).get((spec or {}).get("source") or name) or {}).get("kind") == "classification",
+        )
+        for name, spec in eval_sets.items()
+    ]
+
+
 def seed_display_name(display_name: str, seed: int | None) -> str:
     """A model's display name: the variant's, with `` (seed <seed>)`` when it is one of several."""
     return display_name if seed is None else f"{display_name} (seed {seed})"

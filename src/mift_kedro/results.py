@@ -1,7 +1,8 @@
 """Results as data: keep a finished run's results in the repository, and write the README's
 result tables from them.
 
-``export`` copies one run's reporting outputs — the metrics CSV, tables A/B/C, the standard
+``export`` copies one run's reporting outputs — the metrics CSV, each evaluation set's table
+and plot (tables A/B/C by default) and confusion matrix (classification sets), the standard
 benchmarks (metrics, table, plot), the forgetting
 curve, the spread over training seeds, the plots, each model's training record, the run's
 parameters and its per-pipeline timings — byte for byte from the versioned catalog into ``docs/results/<name>/``, with a
@@ -11,8 +12,8 @@ every block of the README and of the pages in ``docs/`` between
     <!-- results:<name>:<table>:start -->  and  <!-- results:<name>:<table>:end -->
 
 with the table generated from ``docs/results/<name>/``; ``--check`` only compares, and fails
-when a block and the files disagree (the test suite runs it). Tables: ``table_A``,
-``table_B``, ``table_C``, ``table_benchmarks``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
+when a block and the files disagree (the test suite runs it). Tables: ``table_<table>`` (e.g.
+``table_A``), ``confusion_<eval set>``, ``table_benchmarks``, ``forgetting_curve``, ``seed_summary`` (the run's own Markdown files), ``timings``
 (``pipeline_timings.json``), ``benchmark_cost`` (the benchmark nodes' seconds and CI widths)
 and ``training`` (the training records); ``results:bench:<name>`` blocks render the record a
 speed benchmark wrote to ``docs/results/bench/<name>.json``.
@@ -36,10 +37,11 @@ from typing import Any
 
 from mift_kedro import config, runs
 
-#: Catalog dataset -> file name under docs/results/<name>/. `metrics` is required.
+#: Catalog dataset -> file name under docs/results/<name>/. `metrics` is required. Each
+#: evaluation set's table, plot and confusion matrix are added from the run's parameters
+#: (:func:`eval_set_exports`).
 EXPORTS = {
     "metrics": "metrics.csv",
-    **{f"table_{t}_{kind}": f"table_{t}.{kind}" for t in "ABC" for kind in ("csv", "md")},
     "forgetting_curve": "forgetting_curve.csv",
     "forgetting_curve_md": "forgetting_curve.md",
     "seed_summary": "seed_summary.csv",
@@ -47,7 +49,7 @@ EXPORTS = {
     "benchmark_metrics": "benchmark_metrics.csv",
     "table_benchmarks_csv": "table_benchmarks.csv",
     "table_benchmarks_md": "table_benchmarks.md",
-    **{f"plot_{s}": f"plot_{s}.png" for s in ("sentiment", "out_of_sample", "alpaca", "benchmarks", "forgetting_curve")},
+    **{f"plot_{s}": f"plot_{s}.png" for s in ("benchmarks", "forgetting_curve")},
     "run_parameters": "run_parameters.json",
     "pipeline_timings": "pipeline_timings.json",
 }
@@ -99,6 +101,7 @@ def export(project: Path, run: str, dest: Path, env: str | None = None) -> dict[
     exports = dict(EXPORTS)
     found = _file_at_or_before(catalog, "run_parameters", version, project)
     parameters = _load_json(found[0]) if found else None
+    exports.update(eval_set_exports(parameters or {}))
     if parameters:  # one training record per model: per variant and training seed
         seeds = config.training_seeds(parameters)
         for model in config.trained_models(parameters.get("variants") or {}, seeds):
@@ -129,6 +132,22 @@ def export(project: Path, run: str, dest: Path, env: str | None = None) -> dict[
     }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def eval_set_exports(parameters: dict[str, Any]) -> dict[str, str]:
+    """Each evaluation set's table (``table_<table>``) and plot, and a classification set's
+    confusion matrix and its plot; the default sets when the run kept no parameters."""
+    eval_sets = parameters.get("eval_sets") or dict.fromkeys(config.EVAL_SETS)
+    if "eval_sets" not in parameters:  # the default sets' tables are A, B and C
+        eval_sets = {name: {"table": t} for name, t in zip(config.EVAL_SETS, "ABC", strict=True)}
+    exports = {}
+    for eval_set, table, classification in config.eval_set_outputs(eval_sets, parameters.get("sources")):
+        exports.update({f"table_{table}_{kind}": f"table_{table}.{kind}" for kind in ("csv", "md")})
+        exports[f"plot_{eval_set}"] = f"plot_{eval_set}.png"
+        if classification:
+            exports.update({f"confusion_{eval_set}_{kind}": f"confusion_{eval_set}.{kind}" for kind in ("csv", "md")})
+            exports[f"plot_confusion_{eval_set}"] = f"plot_confusion_{eval_set}.png"
+    return exports
 
 
 def _file_at_or_before(catalog: Any, name: str, version: str, project: Path) -> tuple[Path, str] | None:
@@ -219,7 +238,6 @@ def _benchmark_cost(folder: Path) -> str:
 
 
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
-    **{f"table_{t}": (f"table_{t}.md", _markdown_file(f"table_{t}.md")) for t in "ABC"},
     "forgetting_curve": ("forgetting_curve.md", _markdown_file("forgetting_curve.md")),
     "seed_summary": ("seed_summary.md", _markdown_file("seed_summary.md")),
     "table_benchmarks": ("table_benchmarks.md", _markdown_file("table_benchmarks.md")),
@@ -329,12 +347,21 @@ def render_block(results: Path, name: str, table: str) -> str:
         record = json.loads(source.read_text())
         render = render_memory if "memory_bytes" in record else render_bench
         return f"{note}\n{render(record).strip()}\n"
-    if table not in TABLES:
-        raise ResultsError(f"unknown results table {table!r} in a README marker; known: {', '.join(TABLES)}")
+    # any evaluation set's table or confusion matrix renders from its own Markdown file
+    known = TABLES.get(table) or (
+        (f"{table}.md", _markdown_file(f"{table}.md")) if re.fullmatch(r"(table|confusion)_\w+", table) else None
+    )
+    if known is None:
+        raise ResultsError(
+            f"unknown results table {table!r} in a README marker; known: {', '.join(TABLES)}, "
+            "table_<table> and confusion_<eval set>"
+        )
     folder = results / name
     if not (folder / MANIFEST).is_file():
         raise ResultsError(f"README refers to results {name!r}, but {folder / MANIFEST} does not exist: export the run first")
-    source, render = TABLES[table]
+    source, render = known
+    if not (folder / source).exists():
+        raise ResultsError(f"README refers to {folder / source}, which the export of {name!r} does not hold")
     note = (
         f"<!-- generated by `python -m mift_kedro.results render-readme` from "
         f"{(folder / source).as_posix()}; edit the data, not this block -->"

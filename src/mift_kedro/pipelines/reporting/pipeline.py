@@ -17,7 +17,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from mift_kedro.config import EVAL_SETS, TrainedModel, trained_models
+from mift_kedro.config import EVAL_SETS, TrainedModel, eval_set_outputs, trained_models
 from mift_kedro.pipelines import bind
 from mift_kedro.pipelines.reporting import nodes
 from mift_kedro.pipelines.reporting.params import generation_settings
@@ -162,13 +162,7 @@ def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline
             name="build_report",
         ),
     ]
-    # which sets get a confusion matrix; read, not validated (the hook validates before any node)
-    classification = {
-        name for name, spec in eval_sets.items()
-        if ((sources or {}).get((spec or {}).get("source") or name) or {}).get("kind") == "classification"
-    }
-    for eval_set, spec in eval_sets.items():
-        letter = (spec or {}).get("table") or eval_set
+    for eval_set, letter, classification in eval_set_outputs(eval_sets, sources):
         nodes_ += [
             Node(
                 bind(nodes.build_table, eval_set=eval_set),
@@ -183,7 +177,7 @@ def _shared_nodes(models: list[str], eval_sets: dict, sources: dict) -> Pipeline
                 name=f"plot_{eval_set}",
             ),
         ]
-        if eval_set in classification:
+        if classification:
             nodes_.append(Node(
                 bind(nodes.build_confusion_matrix, eval_set=eval_set),
                 "per_example_scores",
