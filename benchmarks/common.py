@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -69,16 +68,9 @@ def machine(threads: int | None = None) -> str:
     if torch.cuda.is_available():
         where = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     else:
-        model = platform.processor() or platform.machine()
-        try:
-            model = next(
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            )
-        except (OSError, StopIteration):
-            pass
-        where = f"{model}, {os.cpu_count()} CPUs"
+        from mift_kedro.threads import cpu_model
+
+        where = f"{cpu_model()}, {os.cpu_count()} CPUs"
     used = f", {threads} torch thread(s)" if threads else ""
     return f"{where}; torch {torch.__version__}{used}"
 

@@ -54,7 +54,7 @@ def test_time_is_summed_per_pipeline_and_saved(caplog, tmp_path):
     assert set(saved["node_seconds"]) == {"clean", "train"}
     assert saved["total_node_s"] == round(sum(hooks.seconds.values()), 2)
     assert saved["pipeline_wall_s"] >= saved["total_node_s"] - 0.01
-    assert saved["env"] == "local" and saved["pipelines"] == ["__default__"] and saved["host"]["cpu_count"] >= 1
+    assert saved["env"] == "local" and saved["pipelines"] == ["__default__"] and saved["host"]["cpu_count"] >= 1 and saved["host"]["cpu"]
 
 
 def test_validated_parameters_are_saved_with_the_run(tmp_path):

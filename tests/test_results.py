@@ -199,3 +199,13 @@ def test_a_configured_evaluation_set_exports_its_table_plot_and_confusion_matrix
     )
     assert "**Evaluation set task_type**\n\n| Metric | Base |\n|---|---:|\n| Accuracy | 0.017 |" in rendered
     assert "**Confusion matrix: task_type**" in rendered and "| search | 10 |" in rendered
+
+
+def test_the_timing_line_names_the_cpu_model_when_the_record_has_it(tmp_path):
+    folder = _folder(tmp_path)
+    record = json.loads((folder / "pipeline_timings.json").read_text())
+    block = "<!-- results:demo:timings:start -->\n<!-- results:demo:timings:end -->\n"
+    assert "on Linux, 2 CPUs, NVIDIA H100._" in results.render_readme(block, folder.parent)
+    record["host"]["cpu"] = "AMD EPYC"
+    (folder / "pipeline_timings.json").write_text(json.dumps(record))
+    assert "on Linux, AMD EPYC, 2 CPUs, NVIDIA H100._" in results.render_readme(block, folder.parent)

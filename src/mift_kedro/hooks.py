@@ -350,7 +350,10 @@ class PipelineTimingHooks:
 
 def _host() -> dict[str, Any]:
     """The machine the timings were taken on (the GPU only when torch is already loaded)."""
-    host = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    from mift_kedro.threads import cpu_model
+
+    host = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
+            "cpu_count": os.cpu_count()}
     torch = sys.modules.get("torch")
     if torch is not None:
         host["torch"] = torch.__version__

@@ -190,12 +190,15 @@ def _timings(folder: Path) -> str:
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in record["seconds"].items()]
     lines.append(f"| all nodes | {record['total_node_s']:.0f} |")
     lines.append(f"| pipeline wall time | {record['pipeline_wall_s']:.0f} |")
-    host = record.get("host", {})
-    machine = ", ".join(
-        str(x) for x in (host.get("platform"), f"{host.get('cpu_count')} CPUs", *(host.get("gpus") or [])) if x
-    )
     started = record.get("started_at") or "?"
-    return "\n".join(lines) + f"\n\n_Run started {started} (env `{record.get('env') or 'local'}`) on {machine}._"
+    return "\n".join(lines) + f"\n\n_Run started {started} (env `{record.get('env') or 'local'}`) on {_machine(record)}._"
+
+
+def _machine(record: dict[str, Any]) -> str:
+    """Platform, CPU model (records that name it), cores and GPUs of a timing record."""
+    host = record.get("host", {})
+    parts = (host.get("platform") or "?", host.get("cpu"), f"{host.get('cpu_count') or '?'} CPUs", *(host.get("gpus") or []))
+    return ", ".join(str(x) for x in parts if x)
 
 
 def _training(folder: Path) -> str:
@@ -228,11 +231,10 @@ def _benchmark_cost(folder: Path) -> str:
             f"| {row['display_name']} | {row['eval_set']} | {n} | {'n/a' if seconds is None else f'{seconds:.0f}'} "
             f"| {per_100} | {float(row['value']):.3f} [{low:.3f}, {high:.3f}] | {high - low:.3f} |"
         )
-    host = timings.get("host", {})
     started = timings.get("started_at") or "?"
     return "\n".join(lines) + (
         f"\n\n_Run started {started} (env `{timings.get('env') or 'local'}`) on "
-        f"{host.get('platform') or '?'}, {host.get('cpu_count') or '?'} CPUs; node seconds include loading the model "
+        f"{_machine(timings)}; node seconds include loading the model "
         f"(and lm-eval's task index); the whole run took {timings['pipeline_wall_s']:.0f} s._"
     )
 

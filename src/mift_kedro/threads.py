@@ -15,6 +15,22 @@ import os
 logger = logging.getLogger(__name__)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform``): floating-point results of
+    the same run differ slightly between CPU models, so every timing record names it."""
+    import platform
+    from pathlib import Path
+
+    try:
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def free_cores(sample_s: float = 0.5) -> int:
     """Cores not busy with other work right now, shared among the DDP ranks on this machine.
 
