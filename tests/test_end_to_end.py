@@ -275,7 +275,8 @@ def test_results_export_and_readme_blocks(fixture_run, tmp_path):
     (version,) = [v.name for v in _versions(fixture_run / "data" / "08_reporting" / "metrics.csv")]
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["version"] == version and manifest["missing"] == []
-    for name in ("metrics.csv", "table_A.md", "table_C.csv", "forgetting_curve.csv", "forgetting_curve.md",
+    for name in ("metrics.csv", "table_A.md", "table_C.csv", "confusion_sentiment.md", "plot_sentiment.png",
+                 "forgetting_curve.csv", "forgetting_curve.md",
                  "run_parameters.json", "pipeline_timings.json", "training_metrics/custom_only.json",
                  "seed_summary.csv", "seed_summary.md"):
         assert name in manifest["files"], name
@@ -286,12 +287,14 @@ def test_results_export_and_readme_blocks(fixture_run, tmp_path):
     assert results.verify(dest) == []
 
     readme = tmp_path / "README.md"
-    blocks = "".join(f"<!-- results:fixture:{t}:start -->\n<!-- results:fixture:{t}:end -->\n\n" for t in results.TABLES)
+    tables = [*results.TABLES, "table_A", "table_B", "table_C", "confusion_sentiment"]
+    blocks = "".join(f"<!-- results:fixture:{t}:start -->\n<!-- results:fixture:{t}:end -->\n\n" for t in tables)
     readme.write_text("# Results\n\n" + blocks)
     render = [*command, "render-readme", "--readme", str(readme), "--results", str(dest.parent)]
     assert processes.run(render, timeout=120).returncode == 0
     text = readme.read_text()
     assert "| Accuracy |" in text and "FT-CustomOnly" in text and "| training |" in text and "Holm p" in text
+    assert "**Confusion matrices" in text and "| true \\ answer |" in text
     assert processes.run([*render, "--check"], timeout=120).returncode == 0
     # a hand-edited cell: the check fails
     readme.write_text(text.replace("| Accuracy | ", "| Accuracy | 0.999 ", 1))
