@@ -96,6 +96,14 @@ def test_export_says_when_there_is_no_run(tmp_path):
         results.export(project, "latest", tmp_path / "out")
 
 
+def _write_run(project, version: str, files: dict[str, str]) -> None:
+    """A finished run's versioned files under the project's data/, as the catalog saves them."""
+    for path, text in files.items():
+        target = project / "data" / path / version / path.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True)
+        target.write_text(text)
+
+
 def test_seed_summary_block_and_one_training_record_per_model(tmp_path):
     """A run with several training seeds: export copies each (variant, seed) model's training
     record and the seed summary; `seed_summary` renders it into the README."""
@@ -111,10 +119,7 @@ def test_seed_summary_block_and_one_training_record_per_model(tmp_path):
         "08_reporting/seed_summary.md": "## Spread over training seeds\n\n| Metric | Base |\n|---|---:|\n",
         **{f"06_models/custom_only_s{s}/training_metrics.json": json.dumps({"seed": s}) for s in (42, 43)},
     }
-    for path, text in files.items():
-        target = project / "data" / path / version / path.rsplit("/", 1)[-1]
-        target.parent.mkdir(parents=True)
-        target.write_text(text)
+    _write_run(project, version, files)
     dest = tmp_path / "results" / "seeds"
     manifest = results.export(project, "latest", dest)
     assert json.loads((dest / "training_metrics" / "custom_only_s43.json").read_text()) == {"seed": 43}
@@ -180,10 +185,7 @@ def test_a_configured_evaluation_set_exports_its_table_plot_and_confusion_matrix
         "08_reporting/plots/confusion_task_type.png": "png bytes",
         "08_reporting/plots/task_type.png": "png bytes",
     }
-    for path, text in files.items():
-        target = project / "data" / path / version / path.rsplit("/", 1)[-1]
-        target.parent.mkdir(parents=True)
-        target.write_text(text)
+    _write_run(project, version, files)
     dest = tmp_path / "results" / "own_task"
     manifest = results.export(project, "latest", dest)
     assert (dest / "table_T.md").read_text() == files["08_reporting/tables/table_T.md"]

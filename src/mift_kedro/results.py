@@ -137,9 +137,10 @@ def export(project: Path, run: str, dest: Path, env: str | None = None) -> dict[
 def eval_set_exports(parameters: dict[str, Any]) -> dict[str, str]:
     """Each evaluation set's table (``table_<table>``) and plot, and a classification set's
     confusion matrix and its plot; the default sets when the run kept no parameters."""
-    eval_sets = parameters.get("eval_sets") or dict.fromkeys(config.EVAL_SETS)
-    if "eval_sets" not in parameters:  # the default sets' tables are A, B and C
-        eval_sets = {name: {"table": t} for name, t in zip(config.EVAL_SETS, "ABC", strict=True)}
+    # without them: the default sets, whose tables are A, B and C
+    eval_sets = parameters.get("eval_sets") or {
+        name: {"table": table} for name, table in zip(config.EVAL_SETS, "ABC", strict=True)
+    }
     exports = {}
     for eval_set, table, classification in config.eval_set_outputs(eval_sets, parameters.get("sources")):
         exports.update({f"table_{table}_{kind}": f"table_{table}.{kind}" for kind in ("csv", "md")})

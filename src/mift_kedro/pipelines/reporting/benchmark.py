@@ -127,9 +127,10 @@ def task_spec(name: str, task: BenchmarkTask, num_fewshot: int, manager: Any, ro
     files = local_files(name, task, root)
     if files is None:
         return name
-    if kind_of(name, manager) != "task" or entry.yaml_path is None:
+    kind = kind_of(name, manager)
+    if kind != "task" or entry.yaml_path is None:
         raise ParameterError(
-            f"{_where(name, 'local_dir')}: {name!r} is an lm-eval {kind_of(name, manager)}, not one "
+            f"{_where(name, 'local_dir')}: {name!r} is an lm-eval {kind}, not one "
             "task; local files stand for one task: name one of its tasks instead."
         )
     stock = load_yaml(entry.yaml_path, resolve_func=True)

@@ -477,6 +477,17 @@ th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}pre{background:
 """
 
 
+def _html_section(frame: pd.DataFrame, eval_set: str, summary: Any, unit: str, family: str) -> list[str]:
+    """One evaluation set's (or benchmark task's) size, table and Holm-family note."""
+    header, rows = table_rows(frame, eval_set, summary)
+    subset = _subset(frame, eval_set)
+    return [
+        f"<p>n = {int(subset['n'].iloc[0])} {unit}. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
+        _html_table(header, rows),
+        f"<p class='note'>{html.escape(stats.family_note(subset, family))}</p>",
+    ]
+
+
 def _html_table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for row in rows:
@@ -540,14 +551,10 @@ def render_report(
         + "<li><a href='#examples'>Example predictions</a></li><li><a href='#parameters'>Run parameters</a></li></ul>",
     ]
     for eval_set in ordered_sets(metrics["eval_set"]):
-        header, rows = table_rows(metrics, eval_set, summary)
-        n = int(_subset(metrics, eval_set)["n"].iloc[0])
         fig = metric_figure(metrics, eval_set)
         parts += [
             f"<h2 id='{eval_set}'>{html.escape(title(eval_set))}</h2>",
-            f"<p>n = {n} examples. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
-            _html_table(header, rows),
-            f"<p class='note'>{html.escape(stats.family_note(_subset(metrics, eval_set), 'in this table'))}</p>",
+            *_html_section(metrics, eval_set, summary, "examples", "in this table"),
             f"<p class='note'>{html.escape(seeds.SPREAD_NOTE)}</p>" if seeds.several_seeds(summary) else "",
             f"<p class='note'>{html.escape(NOTES.get(eval_set, ''))}</p>",
             f"<img alt='metrics for {eval_set}' src='data:image/png;base64,{_figure_png(fig)}'>",
@@ -555,14 +562,7 @@ def render_report(
     if benchmarks is not None and not benchmarks.empty:
         parts += [f"<h2 id='benchmarks'>{html.escape(BENCHMARKS_TITLE)}</h2>", f"<p>{html.escape(BENCHMARKS_NOTE)}</p>"]
         for task in eval_sets_of(benchmarks):
-            header, rows = table_rows(benchmarks, task, summary)
-            subset = _subset(benchmarks, task)
-            parts += [
-                f"<h3>{html.escape(task)}</h3>",
-                f"<p>n = {int(subset['n'].iloc[0])} questions. Cells: value [95% CI] (Δ vs base, p, Holm-adjusted p).</p>",
-                _html_table(header, rows),
-                f"<p class='note'>{html.escape(stats.family_note(subset, 'on this task'))}</p>",
-            ]
+            parts += [f"<h3>{html.escape(task)}</h3>", *_html_section(benchmarks, task, summary, "questions", "on this task")]
         parts.append(f"<img alt='benchmarks' src='data:image/png;base64,{_figure_png(benchmark_figure(benchmarks))}'>")
     if seeds.several_seeds(summary):
         parts += ["<h2 id='seeds'>Spread over training seeds</h2>", f"<p>{html.escape(seeds.SPREAD_NOTE)}</p>"]
